@@ -1,0 +1,111 @@
+"""Make CrypTen 0.4.1 import and work on current PyTorch (2.9 and newer).
+
+Applied automatically by ``import pricure_crypten``, before crypten is
+imported. Every patch is scoped and idempotent, and does nothing on a torch
+that does not need it:
+
+1. ``onnx-registration-alias``: crypten's ONNX converter imports
+   ``torch.onnx._internal.registration``, which torch 2.9 moved to
+   ``torch.onnx._internal.torchscript_exporter.registration``. We register the
+   new module under the old name in ``sys.modules`` (only when the old name
+   does not import and the new one does). Nothing of torch is changed.
+2. ``from-pytorch-torchscript-exporter``: ``crypten.nn.from_pytorch`` calls
+   ``torch.onnx.export``, which since torch 2.9 defaults to the dynamo
+   exporter (that needs ``onnxscript`` and emits graphs crypten cannot read).
+   We replace crypten's private helper ``_export_pytorch_model`` by one that
+   passes ``dynamo=False``. ``torch.onnx.export`` itself is untouched, so a
+   user's own exports keep torch's defaults.
+
+:func:`applied_patches` tells which patches are in force in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from typing import Any
+
+_OLD_REGISTRATION = "torch.onnx._internal.registration"
+_NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
+
+_applied: list[str] = []
+
+
+def _module_importable(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def patch_onnx_registration() -> bool:
+    """Alias the moved ONNX registration module. Returns True if it patched."""
+    if _module_importable(_OLD_REGISTRATION):
+        return False
+    if not _module_importable(_NEW_REGISTRATION):
+        return False
+    sys.modules[_OLD_REGISTRATION] = importlib.import_module(_NEW_REGISTRATION)
+    return True
+
+
+def export_needs_torchscript_flag(export_fn: Any) -> bool:
+    """True if ``export_fn`` (torch.onnx.export) defaults to the dynamo exporter."""
+    try:
+        parameter = inspect.signature(export_fn).parameters.get("dynamo")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is True
+
+
+def patch_from_pytorch_exporter(onnx_converter: Any, torch_module: Any) -> bool:
+    """Make crypten's converter use the TorchScript ONNX exporter.
+
+    ``onnx_converter`` is ``crypten.nn.onnx_converter``. Returns True if patched.
+    """
+    if getattr(onnx_converter._export_pytorch_model, "_pricure_patched", False):
+        return False
+    if not export_needs_torchscript_flag(torch_module.onnx.export):
+        return False
+
+    def _export_pytorch_model(f, pytorch_model, dummy_input):
+        torch_module.onnx.export(
+            pytorch_model,
+            dummy_input,
+            f,
+            do_constant_folding=False,
+            export_params=True,
+            input_names=["input"],
+            operator_export_type=torch_module.onnx.OperatorExportTypes.ONNX,
+            output_names=["output"],
+            opset_version=onnx_converter._OPSET_VERSION,
+            dynamo=False,
+        )
+        return f
+
+    _export_pytorch_model._pricure_patched = True  # type: ignore[attr-defined]
+    _export_pytorch_model.__doc__ = onnx_converter._export_pytorch_model.__doc__
+    onnx_converter._export_pytorch_model = _export_pytorch_model
+    return True
+
+
+def apply() -> list[str]:
+    """Apply every needed patch, then import crypten. Returns the patches in force."""
+    if patch_onnx_registration():
+        _applied.append("onnx-registration-alias")
+    import torch
+
+    import crypten  # noqa: F401  (import only after the alias is in place)
+    import crypten.nn.onnx_converter as onnx_converter
+
+    if patch_from_pytorch_exporter(onnx_converter, torch):
+        _applied.append("from-pytorch-torchscript-exporter")
+    return applied_patches()
+
+
+def applied_patches() -> list[str]:
+    """Names of the patches applied in this process (empty on an older torch)."""
+    return list(_applied)

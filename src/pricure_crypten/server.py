@@ -1,0 +1,162 @@
+"""One server: a CrypTen party in its own process, computing on shares only.
+
+Who sees what: a server receives from each owner one share of every
+parameter, from the client one share of the query batch, and exchanges only
+masked values with the other servers (CrypTen's protocols). It returns to the
+client one share of the one-hot label and, to the operator, public cost
+figures (rounds, bytes, seconds, decode count). It never decodes a value:
+every decode path of CrypTen is counted here (:class:`DecodeAudit`) and the
+count is reported with every prediction, so tests can check it is zero.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+
+
+class DecodeAudit:
+    """Counts calls, in this process, of every CrypTen function that yields plaintext."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        from crypten.encoder import FixedPointEncoder
+        from crypten.mpc import MPCTensor
+
+        def counted(owner: type, name: str) -> None:
+            original = getattr(owner, name)
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                self.count += 1
+                return original(*args, **kwargs)
+
+            setattr(owner, name, wrapper)
+
+        counted(FixedPointEncoder, "decode")
+        counted(MPCTensor, "get_plain_text")
+        counted(MPCTensor, "reveal")
+
+
+@dataclass
+class ServerConfig:
+    """Public settings a server is started with."""
+
+    rank: int
+    world_size: int
+    rendezvous: str
+    provider: str  # "TTP" or "TFP" (CrypTen's names)
+    threads: int
+
+
+class ServerState:
+    """What one server holds between requests: stacked owner shares and the aggregation layer."""
+
+    def __init__(self, config: ServerConfig, audit: DecodeAudit) -> None:
+        self.config = config
+        self.audit = audit
+        self.networks: list[Any] = []
+        self.aggregation: Any = None
+
+    def handle(self, op: str, payload: Any) -> Any:
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise ValueError(f"unknown server operation {op!r}")
+        return handler(payload)
+
+    def op_info(self, payload: Any) -> dict:
+        import crypten
+
+        return {
+            "rank": self.config.rank,
+            "pid": os.getpid(),
+            "provider": type(crypten.mpc.get_default_provider()).__name__,
+            "cfg_provider": crypten.cfg.mpc.provider,
+            "decodes": self.audit.count,
+        }
+
+    def op_load(self, payload: dict) -> dict:
+        """Stack this server's shares of the owners' models; build the aggregation layer."""
+        from .aggregation import EncryptedAggregation
+        from .inference import StackedNetwork
+        from .owners import group_by_architecture, stack_shares
+        from .randomness import SecureRandom
+
+        bundles = payload["bundles"]
+        self.networks = [StackedNetwork(stack_shares(g), len(g)) for g in group_by_architecture(bundles)]
+        seed = payload.get("noise_seed")
+        rng = SecureRandom(seed=f"{seed}/server-{self.config.rank}") if seed is not None else SecureRandom()
+        self.aggregation = EncryptedAggregation(
+            aggregation=payload["aggregation"],
+            mechanism=payload["mechanism"],
+            num_servers=self.config.world_size,
+            colluding=payload["colluding"],
+            logit_bound=payload["logit_bound"],
+            rng=rng,
+        )
+        return {"groups": [n.num_owners for n in self.networks]}
+
+    def op_predict(self, payload: dict) -> dict:
+        """One batch: query shares -> one-hot label shares for the client, plus public costs."""
+        import crypten
+        import crypten.communicator as comm
+        import torch
+        from crypten.mpc import MPCTensor
+
+        from .sharing import FRACTIONAL_BITS
+
+        if self.aggregation is None:
+            raise RuntimeError("no owners loaded on this server")
+        decodes_before = self.audit.count
+        comm.get().reset_communication_stats()
+        start = time.perf_counter()
+        query = MPCTensor.from_shares(torch.from_numpy(payload["query_share"]), precision=FRACTIONAL_BITS)
+        logits = [network(query) for network in self.networks]
+        stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
+        label_share = self.aggregation(stacked).share.numpy().copy()
+        seconds = time.perf_counter() - start
+        stats = comm.get().get_communication_stats()
+        return {
+            "label_share": label_share,
+            "rounds": int(stats["rounds"]),
+            "bytes": int(stats["bytes"]),
+            "seconds": seconds,
+            "decodes": self.audit.count - decodes_before,
+        }
+
+
+def server_main(config: ServerConfig, inbox: Any, outbox: Any) -> None:
+    """Entry point of a server process (spawned): serve requests until 'shutdown'."""
+    os.environ.update(
+        WORLD_SIZE=str(config.world_size),
+        RANK=str(config.rank),
+        RENDEZVOUS=config.rendezvous,
+        DISTRIBUTED_BACKEND="gloo",
+    )
+    import torch
+
+    import pricure_crypten  # noqa: F401  (applies the compatibility layer before crypten)
+    import crypten
+
+    torch.set_num_threads(config.threads)
+    crypten.cfg.mpc.provider = config.provider
+    crypten.cfg.communicator.verbose = True
+    audit = DecodeAudit()
+    audit.install()
+    crypten.init()
+    state = ServerState(config, audit)
+    while True:
+        op, payload = inbox.get()
+        if op == "shutdown":
+            crypten.uninit()
+            return
+        try:
+            outbox.put((config.rank, "ok", state.handle(op, payload)))
+        except Exception:  # noqa: BLE001 - reported to the operator; the cluster is then torn down
+            outbox.put((config.rank, "error", traceback.format_exc()))
+            return
