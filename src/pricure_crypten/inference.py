@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import crypten.nn
 import torch
 from crypten.mpc import MPCTensor
 
@@ -33,8 +34,8 @@ def _load(share) -> MPCTensor:
     return MPCTensor.from_shares(torch.as_tensor(share), precision=FRACTIONAL_BITS)
 
 
-class StackedNetwork:
-    """K same-architecture owners, stacked, on this server's shares.
+class StackedNetwork(crypten.nn.Module):
+    """A CrypTen module: K same-architecture owners, stacked, on this server's shares.
 
     Args:
         layers: the stacked layers (parameters are this server's int64 shares
@@ -43,6 +44,7 @@ class StackedNetwork:
     """
 
     def __init__(self, layers: list[LayerSpec], num_owners: int) -> None:
+        super().__init__()
         self.num_owners = num_owners
         self._ops: list[Op] = []
         layout = "shared"
@@ -51,8 +53,10 @@ class StackedNetwork:
             self._ops.append(op)
         if layout != "flat":
             raise ValueError("the stacked network must end in a Linear layer producing logits")
+        self.encrypt()  # parameters are already shares; this only marks the module encrypted
 
-    def __call__(self, x: MPCTensor) -> MPCTensor:
+    def forward(self, x: MPCTensor) -> MPCTensor:
+        """(B, *input_shape) query shares -> (K, B, classes) logit shares."""
         for op in self._ops:
             x = op(x)
         return x

@@ -83,12 +83,16 @@ class ServerState:
     def op_load(self, payload: dict) -> dict:
         """Stack this server's shares of the owners' models; build the aggregation layer."""
         from .aggregation import EncryptedAggregation
+        from .baseline import SequentialOwners
         from .inference import StackedNetwork
         from .owners import group_by_architecture, stack_shares
         from .randomness import SecureRandom
 
         bundles = payload["bundles"]
-        self.networks = [StackedNetwork(stack_shares(g), len(g)) for g in group_by_architecture(bundles)]
+        if payload.get("stacking", True):
+            self.networks = [StackedNetwork(stack_shares(g), len(g)) for g in group_by_architecture(bundles)]
+        else:
+            self.networks = [SequentialOwners([b.layers for b in bundles])]
         seed = payload.get("noise_seed")
         rng = SecureRandom(seed=f"{seed}/server-{self.config.rank}") if seed is not None else SecureRandom()
         self.aggregation = EncryptedAggregation(

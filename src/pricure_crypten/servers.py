@@ -91,15 +91,16 @@ class ServerCluster:
             self._dealer.start()
         return self
 
-    def close(self) -> None:
-        """Shut the servers down (gracefully if they are healthy, else terminate)."""
+    def close(self, *, graceful: bool = True) -> None:
+        """Shut the servers down: ask them to stop (``graceful``), then terminate what is left."""
         if not self.running:
             return
-        for inbox, process in zip(self._inboxes, self._servers):
-            if process.is_alive():
-                inbox.put(("shutdown", None))
         processes = self._servers + ([self._dealer] if self._dealer is not None else [])
-        deadline = time.monotonic() + 20
+        if graceful:
+            for inbox, process in zip(self._inboxes, self._servers):
+                if process.is_alive():
+                    inbox.put(("shutdown", None))
+        deadline = time.monotonic() + (20 if graceful else 0)
         for process in processes:
             process.join(timeout=max(0.1, deadline - time.monotonic()))
         for process in processes:
@@ -144,7 +145,7 @@ class ServerCluster:
                 self._check_alive(op, deadline)
                 continue
             if status != "ok":
-                self.close()
+                self.close(graceful=False)
                 raise ServerError(f"server {rank} failed during {op!r}; nothing was revealed:\n{value}")
             replies[rank] = value
         return [replies[rank] for rank in range(self.num_servers)]
@@ -159,5 +160,5 @@ class ServerCluster:
             dead.append("the dealer")
         if dead or time.monotonic() > deadline:
             reason = f"{', '.join(dead)} stopped" if dead else f"no reply within {self.timeout:g} s"
-            self.close()
+            self.close(graceful=False)
             raise ServerError(f"{reason} during {op!r}; the cluster was shut down and nothing was revealed")

@@ -92,6 +92,10 @@ class PrivateEnsemble:
             when given, every query is charged to the client's budget.
         noise_seed / share_seed: deterministic CSPRNG streams for reproducible
             experiments and tests only (default: the OS CSPRNG).
+        threads_per_server: torch threads in each server process.
+        stacking: ``True`` (default) evaluates same-architecture owners in one
+            batched pass; ``False`` evaluates the owners one after the other
+            (the naive baseline, for benchmarks: rounds grow with K).
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class PrivateEnsemble:
         noise_seed: str | int | None = None,
         share_seed: str | int | None = None,
         threads_per_server: int | None = None,
+        stacking: bool = True,
     ) -> None:
         self.owners = list(owners) if isinstance(owners, (list, tuple)) else owners
         self.input_shape, self.num_classes = check_owners(self.owners)
@@ -124,6 +129,7 @@ class PrivateEnsemble:
         self.provider = check_provider(provider)
         self.ledger = ledger
         self.noise_seed = noise_seed
+        self.stacking = bool(stacking)
         self._share_rng = SecureRandom(seed=share_seed) if share_seed is not None else SecureRandom()
         self._cluster = ServerCluster(
             num_servers=num_servers, provider=provider, threads_per_server=threads_per_server
@@ -143,7 +149,7 @@ class PrivateEnsemble:
                 per_server[server].append(bundle)
         settings = dict(
             aggregation=self.aggregation, mechanism=self.mechanism, colluding=self.colluding,
-            logit_bound=self.logit_bound, noise_seed=self.noise_seed,
+            logit_bound=self.logit_bound, noise_seed=self.noise_seed, stacking=self.stacking,
         )
         self._cluster.request("load", [dict(settings, bundles=b) for b in per_server])
         self._loaded = True
