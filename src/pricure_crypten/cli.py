@@ -1,0 +1,93 @@
+"""The ``pricure`` command line: ``pricure demo`` (the main job) and ``pricure budget``.
+
+Bad input gets one clear line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .demo import DemoConfig, format_table, run_demo
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _epsilon(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--epsilon must be a number or 'inf', got {text!r}") from None
+    if value != value or value <= 0:
+        raise argparse.ArgumentTypeError(f"--epsilon must be > 0 (or inf), got {text!r}")
+    return value
+
+
+def _delta(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--delta must be a number in [0, 1), got {text!r}") from None
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="train K owners and run private predictions (the main job)")
+    p.add_argument("--dataset", default=d.dataset,
+                   help="breast-cancer, digits, a MedMNIST 2D flag (e.g. pneumoniamnist), mnist, fashion-mnist")
+    p.add_argument("--data-root", default=None, help="folder with the dataset files (default: $PRICURE_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", help="allow downloading a missing dataset file")
+    p.add_argument("--owners", type=int, default=d.owners, help="number of model owners K")
+    p.add_argument("--servers", type=int, default=d.servers, help="number of non-colluding servers N >= 2")
+    p.add_argument("--colluding", type=int, default=d.colluding, help="servers the noise tolerates colluding")
+    p.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="epsilon per query (a number or inf)")
+    p.add_argument("--delta", type=_delta, default=None, help="delta per query (gaussian; default 1e-5)")
+    p.add_argument("--mechanism", choices=["laplace", "gaussian"], default=d.mechanism)
+    p.add_argument("--aggregation", choices=["vote", "softmax"], default=d.aggregation)
+    p.add_argument("--partition", choices=["dirichlet", "iid", "quantity"], default=d.partition,
+                   help="how the training split is divided among owners")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the shards")
+    p.add_argument("--queries", type=int, default=d.queries, help="number of test queries Q")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="queries per private prediction call")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    fields = set(DemoConfig.__dataclass_fields__)
+    config = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.json:
+        config = DemoConfig(**{**vars(config), "quiet": True})
+    result = run_demo(config)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("owner_shards",)}))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["budget"]:
+        from .accounting.cli import budget_main
+
+        return budget_main(argv[1:])
+    parser = _Parser(prog="pricure", description="Private collaborative prediction (PRICURE on CrypTen).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _demo_parser(sub)
+    sub.add_parser("budget", help="show or reset a client's privacy budget (see 'pricure budget --help')")
+    args = parser.parse_args(argv)
+    try:
+        return _run_demo(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        print(f"pricure: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pricure: interrupted", file=sys.stderr)
+        return 130
