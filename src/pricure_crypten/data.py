@@ -89,6 +89,11 @@ class Dataset:
                     f"{self.name} {split}: inputs {tuple(x.shape)} and labels {tuple(y.shape)} "
                     f"do not match input shape {self.input_shape}"
                 )
+            if len(y) and not 0 <= int(y.min()) <= int(y.max()) < self.num_classes:
+                raise ValueError(
+                    f"{self.name} {split}: labels span {int(y.min())}..{int(y.max())}, "
+                    f"outside range({self.num_classes})"
+                )
 
 
 def available_datasets() -> list[str]:
@@ -217,9 +222,7 @@ def _medmnist_info() -> dict:
 
 def _medmnist_flags() -> list[str]:
     return [
-        flag
-        for flag, info in _medmnist_info().items()
-        if info["task"] in _SUPPORTED_MEDMNIST_TASKS
+        flag for flag, info in _medmnist_info().items() if info["task"] in _SUPPORTED_MEDMNIST_TASKS
     ]
 
 
@@ -278,11 +281,11 @@ def _load_torchvision(name: str, *, root: str | Path | None, download: bool, see
         expected = ", ".join(os.path.splitext(file)[0] for file, _ in cls.resources)
         cause = f"{name} download failed ({err})" if download else f"{name} files not found"
         raise _not_found(expected, directory / cls.__name__ / "raw", cause) from err
-    x, y = train.data.numpy()[:, None] / 255.0, train.targets.numpy()
+    x, y = _images_chw(train.data.numpy()), train.targets.numpy()
     fit, val = _stratified_split(np.arange(len(y)), y, fraction=0.1, seed=seed)
     splits = {
         "train": (x[fit], y[fit]),
         "val": (x[val], y[val]),
-        "test": (test.data.numpy()[:, None] / 255.0, test.targets.numpy()),
+        "test": (_images_chw(test.data.numpy()), test.targets.numpy()),
     }
     return _from_arrays(name, "multi-class", tuple(cls.classes), splits)

@@ -10,7 +10,8 @@ such as ``{"name": "small_cnn", "in_channels": 1, "image_size": 28,
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -18,7 +18,7 @@ terminates (the usual "redraw until every owner is big enough" loop may not).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -13,9 +13,10 @@ forked, seeded global RNG that is restored afterwards. The thread count
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,9 @@ def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return weights
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024
+) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y`` (argmax of logits)."""
     return float((predict(model, x, batch_size=batch_size) == y).float().mean())
 
@@ -87,7 +90,7 @@ def train_owner(
     num_classes: int,
     epochs: int = 50,
     batch_size: int = 32,
-    lr: float = 1e-2,
+    lr: float = 3e-3,
     class_weighted: bool = True,
     val_fraction: float = 0.2,
     patience: int = 10,
@@ -117,12 +120,20 @@ def train_owner(
     Returns:
         A :class:`TrainResult` whose model holds the best weights, in eval mode.
     """
-    _validate_training(x, y, epochs=epochs, batch_size=batch_size, lr=lr,
-                       val_fraction=val_fraction, patience=patience)
+    _validate_training(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        patience=patience,
+    )
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=generator)
     n_val = min(max(1, round(len(y) * val_fraction)), len(y) - 1)
-    val_idx, fit_idx = order[:n_val], order[n_val:]
+    fit_x, fit_y = x[order[n_val:]], y[order[n_val:]]
+    val_x, val_y = x[order[:n_val]], y[order[:n_val]]
     weights = class_weights(y, num_classes) if class_weighted else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -132,15 +143,26 @@ def train_owner(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in bar:
-            train_loss = _run_epoch(model, optimizer, x[fit_idx], y[fit_idx], weights,
-                                    batch_size=batch_size, generator=generator)
-            val_loss, val_accuracy = _evaluate(model, x[val_idx], y[val_idx], weights)
-            history.append({"epoch": epoch, "train_loss": train_loss,
-                            "val_loss": val_loss, "val_accuracy": val_accuracy})
+            train_loss = _run_epoch(
+                model, optimizer, fit_x, fit_y, weights, batch_size=batch_size, generator=generator
+            )
+            val_loss, val_accuracy = _evaluate(model, val_x, val_y, weights)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                }
+            )
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
             if best["epoch"] == 0 or val_loss < best["loss"]:
-                best = {"epoch": epoch, "loss": val_loss, "accuracy": val_accuracy,
-                        "state": _snapshot(model)}
+                best = {
+                    "epoch": epoch,
+                    "loss": val_loss,
+                    "accuracy": val_accuracy,
+                    "state": _snapshot(model),
+                }
             elif epoch - best["epoch"] >= patience:
                 break
     bar.close()
