@@ -1,0 +1,52 @@
+"""Privacy accounting: how much of a client's budget its answered queries spent.
+
+* :mod:`.base`: the :class:`Accountant` interface and :class:`ReleaseCost`
+  (the cost of one release of a calibrated mechanism, as a DP event).
+* one accountant per module: :class:`BasicAccountant` and
+  :class:`AdvancedAccountant` (diffprivlib's ``BudgetAccountant``),
+  :class:`RDPAccountant` and :class:`PLDAccountant` (``dp_accounting``),
+  :class:`AutoAccountant` (the default: PLD where finite, else basic);
+  :func:`make_accountant` builds one by name.
+* :class:`PrivacyLedger`: the persistent per-client budget (SQLite, WAL)
+  that admits, reserves and charges queries; :mod:`.cli` is ``pricure budget``.
+
+Who sees what: all of this runs at the party that admits queries and sees
+only mechanism parameters and query counts per client id. The client sees
+only whether its query was answered or refused (with its own budget).
+"""
+
+from .advanced import DEFAULT_SLACK, AdvancedAccountant
+from .auto import AutoAccountant
+from .base import Accountant, MechanismLike, ReleaseCost
+from .basic import BasicAccountant
+from .errors import BudgetExceededError, LedgerError
+from .ledger import ENV_VAR, SCHEMA_VERSION, PrivacyLedger, default_ledger_path
+from .pld import PLDAccountant
+from .rdp import RDPAccountant
+from .registry import ACCOUNTANTS, DEFAULT_ACCOUNTANT, make_accountant
+from .spend import Spend
+from .status import AuditEntry, BudgetStatus
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DEFAULT_ACCOUNTANT",
+    "DEFAULT_SLACK",
+    "ENV_VAR",
+    "SCHEMA_VERSION",
+    "Accountant",
+    "AdvancedAccountant",
+    "AuditEntry",
+    "AutoAccountant",
+    "BasicAccountant",
+    "BudgetExceededError",
+    "BudgetStatus",
+    "LedgerError",
+    "MechanismLike",
+    "PLDAccountant",
+    "PrivacyLedger",
+    "RDPAccountant",
+    "ReleaseCost",
+    "Spend",
+    "default_ledger_path",
+    "make_accountant",
+]
