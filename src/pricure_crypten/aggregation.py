@@ -15,6 +15,12 @@ Runs inside each server process on ``MPCTensor`` shares. For logits of shape
    post-processing, so no privacy cost);
 5. the one-hot argmax (B, C), still secret-shared.
 
+With :class:`~pricure_crypten.noise.ConfidentGNMax` (vote histograms only),
+step 3-5 become Papernot et al.'s confident aggregator: the top count plus
+one Gaussian is compared with the threshold (a secret bit), the histogram
+plus another Gaussian is arg-maxed, and the one-hot is multiplied by the bit,
+so an abstention is an all-zero one-hot. Still one reveal.
+
 The caller sends the shares of that one-hot to the client and nowhere else:
 the single reveal.
 """
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 from crypten.mpc import MPCTensor
 
-from .noise import Mechanism, NoNoise
+from .noise import ConfidentGNMax, Mechanism, NoNoise
 from .noise.calibration import check_aggregation
 from .randomness import SecureRandom
 from .sharing import FRACTIONAL_BITS, REPRESENTABLE_MAX_ABS, SCALE, encode
@@ -92,6 +98,8 @@ class EncryptedAggregation(crypten.nn.Module):
     ) -> None:
         super().__init__()
         self.aggregation = check_aggregation(aggregation)
+        if isinstance(mechanism, ConfidentGNMax) and self.aggregation != "vote":
+            raise ValueError("Confident-GNMax aggregates votes: use aggregation='vote'")
         self.mechanism = mechanism
         self.num_servers = num_servers
         self.colluding = colluding
@@ -110,19 +118,28 @@ class EncryptedAggregation(crypten.nn.Module):
             return to_fixed_point(logits.argmax(dim=-1, one_hot=True).sum(0))
         return to_fixed_point(logits.softmax(dim=-1).sum(0))
 
-    def add_noise_partial(self, histogram: MPCTensor) -> MPCTensor:
-        """Add this server's noise partial to its own share (local, no communication)."""
-        if isinstance(self.mechanism, NoNoise):
-            return histogram
-        partial = self.mechanism.partial(
-            tuple(histogram.size()), num_servers=self.num_servers, colluding=self.colluding, rng=self.rng
-        )
+    def add_partial(self, shared: MPCTensor, draw) -> MPCTensor:
+        """Add this server's noise partial (``draw``) to its own share: local, no communication."""
+        partial = draw(tuple(shared.size()), num_servers=self.num_servers, colluding=self.colluding, rng=self.rng)
         encoded = torch.from_numpy(encode(partial, max_abs=REPRESENTABLE_MAX_ABS, name="noise partial"))
-        histogram.share = histogram.share + encoded
-        return histogram
+        shared.share = shared.share + encoded
+        return shared
+
+    def noisy_argmax(self, histogram: MPCTensor) -> MPCTensor:
+        if not isinstance(self.mechanism, NoNoise):
+            histogram = self.add_partial(histogram, self.mechanism.partial)
+        offsets = torch.from_numpy(tie_break_offsets(histogram.size(-1), self.aggregation)).float()
+        return (histogram + offsets).argmax(dim=-1, one_hot=True)
+
+    def confident_argmax(self, histogram: MPCTensor) -> MPCTensor:
+        """Confident-GNMax: the noisy argmax, zeroed where the noisy top count misses the threshold."""
+        top, _ = histogram.max(dim=-1)
+        top = self.add_partial(top, self.mechanism.threshold_partial)
+        answered = top.ge(self.mechanism.threshold)
+        return self.noisy_argmax(histogram) * answered.unsqueeze(-1)
 
     def forward(self, logits: MPCTensor) -> MPCTensor:
         histogram = self.histogram(self.clamp(logits))
-        noisy = self.add_noise_partial(histogram)
-        offsets = torch.from_numpy(tie_break_offsets(noisy.size(-1), self.aggregation)).float()
-        return to_fixed_point((noisy + offsets).argmax(dim=-1, one_hot=True))
+        if isinstance(self.mechanism, ConfidentGNMax):
+            return to_fixed_point(self.confident_argmax(histogram))
+        return to_fixed_point(self.noisy_argmax(histogram))

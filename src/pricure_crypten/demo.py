@@ -10,6 +10,7 @@ Every figure it reports is measured in this run.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from . import reference
+from .accounting import PrivacyLedger
 from .client import Client
 from .data import load_dataset
 from .noise import calibrate
@@ -25,6 +27,8 @@ from .owners import ModelOwner
 from .partition import describe_partition, partition
 from .service import PrivateEnsemble
 from .training import accuracy, train_owners
+
+REPORT_DELTA = 1e-5  # the total delta at which the demo reports the client's spent epsilon
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,18 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     ]
     client = Client("demo-client")
     private_labels, costs = [], []
-    with PrivateEnsemble(
+    with tempfile.TemporaryDirectory(prefix="pricure-demo-") as tmp, PrivacyLedger(
+        Path(tmp) / "ledger.sqlite3", total_epsilon=float("inf"), total_delta=REPORT_DELTA
+    ) as ledger, PrivateEnsemble(
         owners, num_servers=config.servers, epsilon=config.epsilon, delta=config.delta,
-        mechanism=config.mechanism, aggregation=config.aggregation, colluding=config.colluding,
+        mechanism=config.mechanism, aggregation=config.aggregation, colluding=config.colluding, ledger=ledger,
     ) as ensemble:
         mechanism = ensemble.mechanism
         for start in range(0, config.queries, config.batch_size):
             prediction = ensemble.predict(queries[start:start + config.batch_size], client=client)
             private_labels.append(prediction.labels)
             costs.append(prediction.cost)
+        budget = ledger.status(client.name)
     private = np.concatenate(private_labels)
     truth_np = truth.numpy()
     return {
@@ -135,6 +142,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "bytes_per_query": sum(c.bytes_sent for c in costs) / config.queries,
         "reveals_per_batch": max(c.reveals for c in costs),
         "server_decodes": sum(c.server_decodes for c in costs),
+        "client_spent_epsilon": _json_number(budget.spent_epsilon),
+        "client_spent_delta": budget.spent_delta,
+        "accountant": f"{budget.accountant} ({budget.bound})",
         "owner_shards": shards,
         "config": {k: _json_number(v) if isinstance(v, float) else v for k, v in asdict(config).items()},
     }
@@ -162,4 +172,20 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['queries']} queries"
     )
     lines = [header, "-" * len(header)] + [f"{name:<{width}}  {value}" for name, value in rows]
+    lines += ["", _privacy_note(result)]
     return "\n".join(lines)
+
+
+def _privacy_note(result: dict[str, Any]) -> str:
+    if result["epsilon"] == "inf":
+        return ("epsilon = inf: no noise, so the labels carry no differential-privacy guarantee for the "
+                "owners' training data.")
+    return (
+        f"What epsilon means here: each answered query is {result['epsilon']}-DP with respect to any single "
+        f"training record of any owner (a record can change one owner's vote; the noise hides it).\n"
+        f"Over its {result['queries']} answered queries this client has spent epsilon = "
+        f"{result['client_spent_epsilon']:.4g} at delta = {result['client_spent_delta']:g} "
+        f"({result['accountant']} accountant); that total, not the per-query epsilon, bounds what a "
+        f"membership-inference attack can learn. A per-client budget (PrivacyLedger, `pricure budget`) "
+        f"refuses queries once it is spent."
+    )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .aggregation import DEFAULT_LOGIT_BOUND, tie_break_offsets
-from .noise import Mechanism
+from .noise import ConfidentGNMax, Mechanism
 from .noise.calibration import check_aggregation
 
 
@@ -68,3 +68,13 @@ def predict(
     """The plaintext ensemble's labels for a batch (with the mechanism's noise)."""
     counts = histogram(ensemble_logits(models, queries), aggregation=aggregation, logit_bound=logit_bound)
     return noisy_argmax(counts, aggregation=aggregation, mechanism=mechanism, random_state=random_state)
+
+
+def confident_gnmax(counts: np.ndarray, *, mechanism: ConfidentGNMax, seed: int = 0) -> np.ndarray:
+    """Plaintext Confident-GNMax on vote histograms: labels (B,), -1 where it abstains."""
+    rng = np.random.default_rng(seed)
+    top = counts.max(axis=-1) + rng.normal(0.0, mechanism.sigma_threshold, size=counts.shape[0])
+    noisy = counts + rng.normal(0.0, mechanism.sigma, size=counts.shape)
+    labels = (noisy + tie_break_offsets(counts.shape[-1], "vote")).argmax(axis=-1)
+    labels[top < mechanism.threshold] = -1
+    return labels

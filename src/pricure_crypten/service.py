@@ -33,7 +33,7 @@ import torch
 from .aggregation import DEFAULT_LOGIT_BOUND, check_logit_bound
 from .client import Client
 from .dealer import check_provider
-from .noise import Mechanism, calibrate
+from .noise import ConfidentGNMax, Mechanism, calibrate
 from .noise.base import check_split
 from .owners import ModelOwner, check_owners
 from .randomness import SecureRandom
@@ -93,6 +93,8 @@ class PrivateEnsemble:
         noise_seed / share_seed: deterministic CSPRNG streams for reproducible
             experiments and tests only (default: the OS CSPRNG).
         threads_per_server: torch threads in each server process.
+        noise: a ready-made mechanism (e.g. :class:`~pricure_crypten.noise.ConfidentGNMax`)
+            instead of calibrating one from epsilon/delta/mechanism.
         stacking: ``True`` (default) evaluates same-architecture owners in one
             batched pass; ``False`` evaluates the owners one after the other
             (the naive baseline, for benchmarks: rounds grow with K).
@@ -115,6 +117,7 @@ class PrivateEnsemble:
         share_seed: str | int | None = None,
         threads_per_server: int | None = None,
         stacking: bool = True,
+        noise: Mechanism | None = None,
     ) -> None:
         self.owners = list(owners) if isinstance(owners, (list, tuple)) else owners
         self.input_shape, self.num_classes = check_owners(self.owners)
@@ -122,9 +125,12 @@ class PrivateEnsemble:
         self.num_servers = num_servers
         self.colluding = colluding
         self.aggregation = aggregation
-        self.mechanism: Mechanism = calibrate(
-            epsilon=epsilon, delta=delta, mechanism=mechanism, aggregation=aggregation
+        self.mechanism: Mechanism = (
+            calibrate(epsilon=epsilon, delta=delta, mechanism=mechanism, aggregation=aggregation)
+            if noise is None else noise
         )
+        if isinstance(self.mechanism, ConfidentGNMax) and aggregation != "vote":
+            raise ValueError("Confident-GNMax aggregates votes: use aggregation='vote'")
         self.logit_bound = check_logit_bound(logit_bound)
         self.provider = check_provider(provider)
         self.ledger = ledger
@@ -181,17 +187,21 @@ class PrivateEnsemble:
         Raises (before any MPC work, nothing revealed, nothing charged):
             TypeError / ValueError for a malformed batch; the ledger's
             ``BudgetExceededError`` when the batch does not fit the budget.
+            A failure inside the MPC (``ServerError``) reveals nothing and is
+            not charged: the ledger's reservation is rolled back.
         """
         start = time.perf_counter()
         client = client if client is not None else Client()
         batch = Client.check_queries(queries, self.input_shape)
-        if not self._loaded:
-            self.start()
         spend = (
             self.ledger.spend(client.name, self.mechanism, queries=batch.shape[0])
             if self.ledger is not None else contextlib.nullcontext()
         )
+        # Entering reserves the budget (committed) or raises BudgetExceededError;
+        # an exception inside rolls the reservation back: nothing was revealed.
         with spend as reservation:
+            if not self._loaded:
+                self.start()
             shares = client.share_queries(batch, num_servers=self.num_servers)
             replies = self._cluster.request("predict", [{"query_share": s} for s in shares])
             if reservation is not None:

@@ -19,6 +19,7 @@ import math
 from typing import Union
 
 from .base import check_delta, check_epsilon
+from .confident_gnmax import ConfidentGNMax
 from .gaussian import GaussianNoise
 from .laplace import LaplaceNoise
 from .none import NoNoise
@@ -29,7 +30,7 @@ MECHANISMS = ("laplace", "gaussian")
 SENSITIVITY_L1 = {"vote": 2.0, "softmax": 2.0}
 SENSITIVITY_L2 = {"vote": math.sqrt(2.0), "softmax": math.sqrt(2.0)}
 
-Mechanism = Union[LaplaceNoise, GaussianNoise, NoNoise]
+Mechanism = Union[LaplaceNoise, GaussianNoise, NoNoise, ConfidentGNMax]
 
 
 def check_aggregation(aggregation: str) -> str:
