@@ -113,3 +113,17 @@ def test_csprng_gamma_and_normal_are_exact(k):
     assert stats.kstest(rng.gamma(k, DRAWS, scale=1.5), stats.gamma(k, scale=1.5).cdf).pvalue > 1e-3
     assert stats.kstest(rng.gamma(k, DRAWS, scale=1.5), stats.gamma(k, scale=3.0).cdf).pvalue < 1e-6
     assert stats.kstest(rng.standard_normal(DRAWS), "norm").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS, ids=lambda m: m.name)
+def test_noise_partials_come_from_the_os_csprng_by_default(mechanism, monkeypatch):
+    from pricure_crypten import randomness
+
+    calls = []
+    real = randomness.os.urandom
+    monkeypatch.setattr(randomness.os, "urandom", lambda n: calls.append(n) or real(n))
+    np.random.seed(0)
+    a = mechanism.partial(64, num_servers=2)
+    np.random.seed(0)
+    b = mechanism.partial(64, num_servers=2)
+    assert calls and not np.array_equal(a, b)  # not numpy's (seeded) global generator

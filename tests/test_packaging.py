@@ -5,7 +5,9 @@ from __future__ import annotations
 import configparser
 import re
 
-from tests.helpers import REPO
+import pytest
+
+from tests.helpers import REPO, run_fresh_python
 
 
 def _setup_cfg_requirements() -> list[str]:
@@ -46,3 +48,14 @@ def test_ci_runs_exactly_the_readme_install_and_test_command():
     for step in install_and_test.split(" && "):
         assert step in ci, step
     assert install_and_demo.split(" && ")[:-1] == install_and_test.split(" && ")[:-1]
+
+
+@pytest.mark.mpc
+def test_readme_python_example_runs():
+    readme = (REPO / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "PrivateEnsemble(" in b)
+    script = example.replace('if __name__ == "__main__":', "if True:") + (
+        "\nimport json\nprint(json.dumps({'labels': len(prediction.labels), 'reveals': prediction.cost.reveals,"
+        " 'decodes': prediction.cost.server_decodes}))\n"
+    )
+    assert run_fresh_python(script) == {"labels": 8, "reveals": 1, "decodes": 0}

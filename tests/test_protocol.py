@@ -16,6 +16,7 @@ from pricure_crypten import Client, ModelOwner, PrivateEnsemble, ServerError, Un
 from pricure_crypten.dealer import InsecureProviderWarning
 from pricure_crypten.noise import calibrate
 from pricure_crypten.servers import ServerCluster
+from tests.helpers import constant_owners
 
 pytestmark = pytest.mark.mpc
 
@@ -47,18 +48,6 @@ def test_no_noise_private_equals_plaintext_ensemble(digits, digits_owners, num_o
     assert prediction.cost.reveals == 1 and prediction.cost.server_decodes == 0
 
 
-def _constant_owners(votes: list[int], num_classes: int) -> list[ModelOwner]:
-    """Owners whose logits do not depend on the query: owner i always votes votes[i]."""
-    owners = []
-    for i, label in enumerate(votes):
-        layer = nn.Linear(2, num_classes)
-        with torch.no_grad():
-            layer.weight.zero_()
-            layer.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), num_classes).float() * 4.0)
-        owners.append(ModelOwner(name=f"o{i}", model=nn.Sequential(layer), input_shape=(2,), num_classes=num_classes))
-    return owners
-
-
 def _reference_labels(counts, mechanism, draws, seed):
     return reference.noisy_argmax(np.tile(counts, (draws, 1)), aggregation="vote", mechanism=mechanism,
                                   random_state=seed)
@@ -70,7 +59,7 @@ def _reference_labels(counts, mechanism, draws, seed):
 )
 def test_noisy_labels_follow_the_reference_mechanism(mechanism_name, num_servers, epsilon):
     votes = [0, 0, 0, 1, 1]  # histogram [3, 2, 0]
-    owners = _constant_owners(votes, 3)
+    owners = constant_owners(votes, 3)
     counts = np.bincount(votes, minlength=3).astype(float)
     draws = 2000
     with PrivateEnsemble(owners, num_servers=num_servers, epsilon=epsilon, mechanism=mechanism_name,

@@ -25,23 +25,23 @@ import numpy as np
 from ..randomness import SecureRandom, Shape
 
 
-def check_epsilon(epsilon: float) -> float:
-    """Validate a per-query epsilon (> 0, not NaN; inf means no noise)."""
+def check_epsilon(epsilon: float, *, name: str = "epsilon", infinite: str = "no noise") -> float:
+    """Validate an epsilon (> 0, not NaN; inf means ``infinite``)."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)):
-        raise TypeError(f"epsilon must be a number, not {type(epsilon).__name__}")
+        raise TypeError(f"{name} must be a number, not {type(epsilon).__name__}")
     epsilon = float(epsilon)
     if math.isnan(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0 (or inf for no noise), got {epsilon}")
+        raise ValueError(f"{name} must be > 0 (or inf for {infinite}), got {epsilon}")
     return epsilon
 
 
-def check_delta(delta: float) -> float:
-    """Validate a per-query delta in [0, 1)."""
+def check_delta(delta: float, *, name: str = "delta") -> float:
+    """Validate a delta in [0, 1)."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)):
-        raise TypeError(f"delta must be a number, not {type(delta).__name__}")
+        raise TypeError(f"{name} must be a number, not {type(delta).__name__}")
     delta = float(delta)
     if math.isnan(delta) or not 0.0 <= delta < 1.0:
-        raise ValueError(f"delta must be in [0, 1), got {delta}")
+        raise ValueError(f"{name} must be in [0, 1), got {delta}")
     return delta
 
 
