@@ -7,8 +7,9 @@
   :class:`RDPAccountant` and :class:`PLDAccountant` (``dp_accounting``),
   :class:`AutoAccountant` (the default: PLD where finite, else basic);
   :func:`make_accountant` builds one by name.
-* :class:`PrivacyLedger`: the persistent per-client budget (SQLite, WAL)
-  that admits, reserves and charges queries; :mod:`.cli` is ``pricure budget``.
+* :class:`PrivacyLedger`: the persistent per-client budget policy that
+  admits, reserves and charges queries, on :mod:`.store` (the SQLite file,
+  WAL mode); :mod:`.cli` is ``pricure budget``.
 
 Who sees what: all of this runs at the party that admits queries and sees
 only mechanism parameters and query counts per client id. The client sees

@@ -31,107 +31,42 @@ one at a time therefore never both pass.
 Location: the ``path`` argument, else ``$PRICURE_LEDGER``, else
 ``platformdirs.user_data_dir("pricure-crypten")/ledger.sqlite3`` -- never the
 working tree.
+
+This module is the budget policy: it groups a client's spends, composes them
+with the accountant, decides whether a request fits and runs the protocol
+above. The SQLite file itself -- schema, validation, locking, transactions and
+the rows -- is :class:`~pricure_crypten.accounting.store.LedgerStore`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
 import os
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
-from urllib.parse import quote
+from typing import Any, Mapping, Optional, Union
 
-import platformdirs
-
-from ..noise import check_delta
+from ..noise import check_delta, check_epsilon
 from .base import MechanismLike, ReleaseCost, release_sort_key, within
-from .errors import BudgetExceededError, LedgerError
+from .errors import BudgetExceededError
 from .registry import check_accountant_name, make_accountant
 from .spend import Spend
 from .status import AuditEntry, BudgetStatus
+from .store import ENV_VAR, SCHEMA_VERSION, LedgerStore, default_ledger_path, read_stored_policy
+
+__all__ = ["ENV_VAR", "SCHEMA_VERSION", "PrivacyLedger", "default_ledger_path"]
 
 logger = logging.getLogger(__name__)
 
-APP_NAME = "pricure-crypten"
-LEDGER_FILENAME = "ledger.sqlite3"
-ENV_VAR = "PRICURE_LEDGER"
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x50524C47  # "PRLG": marks the SQLite file as a pricure-crypten ledger
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _MAX_CLIENT_ID = 1024
 _OPTIMISTIC_ATTEMPTS = 5
 _CACHE_SIZE = 128
 
-_SCHEMA = (
-    """CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE clients (
-        client_id        TEXT PRIMARY KEY,
-        refused_queries  INTEGER NOT NULL DEFAULT 0,
-        refused_requests INTEGER NOT NULL DEFAULT 0,
-        first_seen       TEXT NOT NULL
-    )""",
-    """CREATE TABLE audit (
-        id        INTEGER PRIMARY KEY AUTOINCREMENT,
-        at        TEXT NOT NULL,
-        action    TEXT NOT NULL,
-        client_id TEXT,
-        admin     TEXT NOT NULL,
-        reason    TEXT NOT NULL,
-        details   TEXT NOT NULL
-    )""",
-    """CREATE TABLE spends (
-        id               INTEGER PRIMARY KEY AUTOINCREMENT,
-        client_id        TEXT NOT NULL REFERENCES clients(client_id),
-        status           TEXT NOT NULL CHECK (status IN ('reserved', 'answered', 'reset')),
-        queries          INTEGER NOT NULL CHECK (queries >= 1),
-        mechanism        TEXT NOT NULL,
-        epsilon          REAL NOT NULL,
-        delta            REAL NOT NULL,
-        event            TEXT NOT NULL,
-        noise_multiplier REAL,
-        reserved_at      TEXT NOT NULL,
-        answered_at      TEXT,
-        reset_id         INTEGER REFERENCES audit(id),
-        pid              INTEGER
-    )""",
-    "CREATE INDEX spends_by_client ON spends (client_id, status)",
-)
-_REQUIRED_COLUMNS = {
-    "meta": {"key", "value"},
-    "clients": {"client_id", "refused_queries", "refused_requests", "first_seen"},
-    "audit": {"id", "at", "action", "client_id", "admin", "reason", "details"},
-    "spends": {
-        "id", "client_id", "status", "queries", "mechanism", "epsilon", "delta", "event",
-        "noise_multiplier", "reserved_at", "answered_at", "reset_id", "pid",
-    },
-}
-_COUNTED = "('reserved', 'answered')"  # statuses that count as spent
-
 Groups = tuple[tuple[ReleaseCost, int], ...]
-
-
-def default_ledger_path() -> Path:
-    """``$PRICURE_LEDGER`` if set, else ``<user data dir>/pricure-crypten/ledger.sqlite3``."""
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir(APP_NAME)) / LEDGER_FILENAME
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _check_client_id(client_id: Any) -> str:
@@ -162,19 +97,11 @@ def _check_text(name: str, value: Any) -> str:
 
 
 def _check_total_epsilon(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"total_epsilon must be a number, not {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or value <= 0.0:
-        raise ValueError(f"total_epsilon must be > 0 (inf means unlimited), got {value}")
-    return value
+    return check_epsilon(value, name="total_epsilon", infinite="unlimited")
 
 
 def _check_total_delta(value: Any) -> float:
-    try:
-        return check_delta(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"total_{exc}") from None
+    return check_delta(value, name="total_delta")
 
 
 def _fmt(x: float) -> str:
@@ -237,185 +164,37 @@ class PrivacyLedger:
         for name, flag in (("read_only", read_only), ("record_policy", record_policy)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
-        self.read_only = read_only
-        self._record_policy = record_policy
-        self.timeout = float(timeout)
-        if path is None:
-            path = default_ledger_path()
-        elif not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-        if str(path) == "" or str(path) == ":memory:":
-            raise ValueError("path must name a ledger file (an in-memory ledger would forget every spend)")
-        self.path = Path(path).expanduser().absolute()
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._cache_lock = threading.Lock()
         self._cache: OrderedDict[Groups, tuple[float, float, str]] = OrderedDict()
-        self._conn: Optional[sqlite3.Connection] = None
-        self._open()
-
-    # ------------------------------------------------------------------ opening
-    def _error(self, what: str, exc: Optional[BaseException] = None) -> LedgerError:
-        detail = f": {exc}" if exc is not None else ""
-        return LedgerError(f"privacy ledger {self.path}: {what}{detail}")
-
-    def _open(self) -> None:
-        path = self.path
-        if path.is_dir():
-            raise self._error("is a directory, not a ledger file")
-        exists = path.exists()
-        if exists:
-            try:
-                with open(path, "rb") as fh:
-                    head = fh.read(len(_SQLITE_MAGIC))
-            except OSError as exc:
-                raise self._error("cannot be read", exc) from None
-            if head and head != _SQLITE_MAGIC:
-                raise self._error(
-                    "is not a SQLite database (corrupted or not a ledger); it was left untouched -- "
-                    "restore it from a backup or move it away"
-                )
-        elif self.read_only:
-            raise self._error("does not exist (nothing has been spent here yet?)")
-        else:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise self._error("cannot create its directory", exc) from None
-        mode = "ro" if self.read_only else "rwc"
-        uri = f"file:{quote(str(path))}?mode={mode}"
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error("cannot be opened", exc) from None
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            state = self._schema_state(conn)
-            if state == "empty":
-                if self.read_only:
-                    raise self._error("is empty, not an initialised ledger")
-                self._initialise(conn)
-            self._validate(conn)
-            if not self.read_only:
-                mode_now = self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-                conn.execute("PRAGMA synchronous = FULL")
-                if str(mode_now).lower() != "wal":
-                    raise self._error(f"cannot switch to WAL journal mode (got {mode_now!r}); is it writable?")
-                self._probe_writable(conn)
-        except LedgerError:
-            self._close_quietly()
-            raise
-        except sqlite3.Error as exc:
-            self._close_quietly()
-            if self.read_only and "unable to open" in str(exc):
-                raise self._error("cannot be opened for reading", exc) from None
-            if "readonly" in str(exc) or "unable to open" in str(exc):
-                raise self._error("is not writable; refusing to answer queries whose spend cannot be recorded",
-                                  exc) from None
-            raise self._error("is not a usable ledger database (corrupted?); it was left untouched", exc) from None
-        except BaseException:
-            self._close_quietly()
-            raise
-        logger.debug("opened privacy ledger %s (accountant %s, budget eps=%s delta=%s, read_only=%s)",
-                     path, self.accountant, self.total_epsilon, self.total_delta, self.read_only)
-
-    def _retry(self, fn):
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-    @staticmethod
-    def _schema_state(conn: sqlite3.Connection) -> str:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and version == 0 and n_objects == 0:
-            return "empty"
-        return "existing"
-
-    def _initialise(self, conn: sqlite3.Connection) -> None:
-        def init() -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if self._schema_state(conn) == "empty":  # another process may have won the race
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                        ("schema_version", str(SCHEMA_VERSION)),
-                        ("created_at", _now()),
-                        ("application", APP_NAME),
-                    ])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-        self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-        self._retry(init)
-        logger.info("created privacy ledger %s (schema version %d)", self.path, SCHEMA_VERSION)
-
-    def _validate(self, conn: sqlite3.Connection) -> None:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
-        if app_id != APPLICATION_ID:
-            raise self._error(
-                f"is a SQLite database but not a pricure-crypten ledger (application_id {app_id}, tables "
-                f"{', '.join(tables) or 'none'}); it was left untouched"
-            )
-        if version != SCHEMA_VERSION:
-            newer = "a newer" if version > SCHEMA_VERSION else "an older"
-            raise self._error(f"has ledger schema version {version}, written by {newer} pricure-crypten "
-                              f"(this one reads version {SCHEMA_VERSION}); it was left untouched")
-        for table, columns in _REQUIRED_COLUMNS.items():
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if not columns <= have:
-                missing = ", ".join(sorted(columns - have))
-                raise self._error(f"has the wrong schema (table {table!r} lacks {missing}); it was left untouched")
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None or row[0] != str(SCHEMA_VERSION):
-            raise self._error(f"has an inconsistent schema version in its meta table ({row}); left untouched")
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise self._error(f"failed SQLite's integrity check ({check[:3]}); it was left untouched")
-
-    def _probe_writable(self, conn: sqlite3.Connection) -> None:
-        policy = json.dumps({
+        policy = {
             "total_epsilon": self.total_epsilon,
             "total_delta": self.total_delta,
             "accountant": self.accountant,
             "accountant_options": self.accountant_options,
-        }, default=str)
-        try:
-            with self._transaction() as c:
-                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_opened_at', ?)", (_now(),))
-                if self._record_policy:
-                    c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_policy', ?)", (policy,))
-        except sqlite3.Error as exc:
-            raise self._error("is not writable; refusing to answer queries whose spend cannot be recorded",
-                              exc) from None
+        }
+        self._store = LedgerStore(path, read_only=read_only, timeout=float(timeout),
+                                  policy=policy if record_policy else None)
+        logger.debug("opened privacy ledger %s (accountant %s, budget eps=%s delta=%s, read_only=%s)",
+                     self.path, self.accountant, self.total_epsilon, self.total_delta, self.read_only)
 
-    def _close_quietly(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+    @property
+    def path(self) -> Path:
+        """The ledger file (absolute)."""
+        return self._store.path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the ledger was opened without writing."""
+        return self._store.read_only
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for another process's write lock."""
+        return self._store.timeout
 
     def close(self) -> None:
         """Close the database connection (idempotent)."""
-        with self._lock:
-            self._close_quietly()
+        self._store.close()
 
     def __enter__(self) -> "PrivacyLedger":
         return self
@@ -430,90 +209,19 @@ class PrivacyLedger:
     @staticmethod
     def stored_policy(path: Union[str, os.PathLike, None] = None) -> Optional[dict[str, Any]]:
         """The budget and accountant the ledger at ``path`` was last opened with (``None`` if unknown)."""
-        path = Path(path).expanduser() if path is not None else default_ledger_path()
-        if not path.is_file():
-            return None
-        try:
-            conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True, timeout=5.0)
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'last_policy'").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return None
-        return json.loads(row[0]) if row else None
-
-    # ------------------------------------------------------------- transactions
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise LedgerError(f"privacy ledger {self.path} is closed")
-        if os.getpid() != self._pid:
-            raise LedgerError(f"privacy ledger {self.path} was opened in process {self._pid}; "
-                              "open a new PrivacyLedger in each process")
-        return self._conn
-
-    @contextmanager
-    def _transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-
-    @contextmanager
-    def _db(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            if "readonly" in str(exc):
-                raise self._error(f"is not writable ({action})", exc) from None
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise self._error(f"is busy: another process held its lock for more than {self.timeout:g}s "
-                                  f"({action})", exc) from None
-            raise self._error(f"database error while trying to {action}", exc) from None
-
-    def _require_writable(self, action: str) -> None:
-        if self.read_only:
-            raise self._error(f"was opened read-only; cannot {action}")
+        return read_stored_policy(path)
 
     # ------------------------------------------------------------------- reading
     def _groups(self, conn: sqlite3.Connection, client_id: str) -> Groups:
-        rows = conn.execute(
-            f"SELECT mechanism, epsilon, delta, event, noise_multiplier, SUM(queries) FROM spends "
-            f"WHERE client_id = ? AND status IN {_COUNTED} "
-            f"GROUP BY mechanism, epsilon, delta, event, noise_multiplier",
-            (client_id,),
-        ).fetchall()
-        groups = []
-        for mechanism, epsilon, delta, event, nm, count in rows:
-            try:
-                cost = ReleaseCost(mechanism, epsilon, delta, event, nm)
-            except (TypeError, ValueError) as exc:
-                raise self._error(f"holds an invalid spend of client {client_id!r}", exc) from None
-            groups.append((cost, int(count)))
-        return tuple(sorted(groups, key=release_sort_key))
+        return tuple(sorted(self._store.counted_spends(conn, client_id), key=release_sort_key))
 
     def _snapshot(self, client_id: str) -> Groups:
-        with self._db("read the spends"), self._transaction(immediate=False) as conn:
+        with self._store.transaction("read the spends", immediate=False) as conn:
             return self._groups(conn, client_id)
 
     def _evaluate(self, groups: Groups) -> tuple[float, float, str]:
         """(epsilon, delta, bound) of ``groups`` under this ledger's accountant (memoised)."""
-        with self._lock:
+        with self._cache_lock:
             if groups in self._cache:
                 self._cache.move_to_end(groups)
                 return self._cache[groups]
@@ -522,7 +230,7 @@ class PrivacyLedger:
         epsilon, delta = accountant.spent(self.total_delta)
         bound = getattr(accountant, "selected", None) or accountant.name
         result = (epsilon, delta, bound)
-        with self._lock:
+        with self._cache_lock:
             self._cache[groups] = result
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -576,7 +284,7 @@ class PrivacyLedger:
         client_id = _check_client_id(client_id)
         queries = _check_queries(queries)
         cost = ReleaseCost.of(mechanism)
-        self._require_writable("spend budget")
+        self._store.require_writable("spend budget")
         return Spend(self, client_id, cost, queries)
 
     def check(
@@ -597,72 +305,50 @@ class PrivacyLedger:
         return projected[0], projected[1]
 
     def _reserve(self, client_id: str, cost: ReleaseCost, queries: int) -> int:
-        self._require_writable("spend budget")
+        self._store.require_writable("spend budget")
         for attempt in range(_OPTIMISTIC_ATTEMPTS + 1):
             last = attempt == _OPTIMISTIC_ATTEMPTS
             if not last:  # compose outside the write lock, on a snapshot
                 snapshot = self._snapshot(client_id)
                 error = self._verdict(client_id, snapshot, cost, queries)
-            with self._db("reserve budget"), self._transaction() as conn:
+            with self._store.transaction("reserve budget") as conn:
                 groups = self._groups(conn, client_id)
                 if last:  # contended: decide under the lock
                     snapshot, error = groups, self._verdict(client_id, groups, cost, queries)
                 elif groups != snapshot:
                     continue  # changed meanwhile: release the lock (nothing written), decide again
-                now = _now()
-                conn.execute(
-                    "INSERT INTO clients (client_id, first_seen) VALUES (?, ?) ON CONFLICT (client_id) DO NOTHING",
-                    (client_id, now),
-                )
                 if error is not None:
-                    conn.execute(
-                        "UPDATE clients SET refused_queries = refused_queries + ?, "
-                        "refused_requests = refused_requests + 1 WHERE client_id = ?",
-                        (queries, client_id),
-                    )
-                    row_id = None
+                    self._store.record_refusal(conn, client_id, queries)
                 else:
-                    row_id = conn.execute(
-                        "INSERT INTO spends (client_id, status, queries, mechanism, epsilon, delta, event, "
-                        "noise_multiplier, reserved_at, pid) VALUES (?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (client_id, queries, cost.mechanism, cost.epsilon, cost.delta, cost.event,
-                         cost.noise_multiplier, now, os.getpid()),
-                    ).lastrowid
+                    row_id = self._store.record_reservation(conn, client_id, cost, queries)
             if error is not None:
                 logger.info("refused %d queries of client %r: %s", queries, client_id, error)
                 raise error
-            return int(row_id)
+            return row_id
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _confirm(self, row_id: int) -> None:
-        with self._db("confirm a spend"), self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE spends SET status = 'answered', answered_at = ? WHERE id = ? AND status = 'reserved'",
-                (_now(), row_id),
-            ).rowcount
-            if updated != 1:
-                row = conn.execute("SELECT status FROM spends WHERE id = ?", (row_id,)).fetchone()
-                status = row[0] if row else "deleted"
-                raise self._error(f"reservation {row_id} is {status!r} (voided by an administrator reset?); "
-                                  "the result must NOT be released")
+        with self._store.transaction("confirm a spend") as conn:
+            if not self._store.mark_answered(conn, row_id):
+                status = self._store.spend_status(conn, row_id)
+                raise self._store.error(f"reservation {row_id} is {status!r} (voided by an administrator reset?); "
+                                        "the result must NOT be released")
 
     def _rollback(self, row_id: int) -> None:
-        with self._db("roll back a reservation"), self._transaction() as conn:
-            conn.execute("DELETE FROM spends WHERE id = ? AND status = 'reserved'", (row_id,))
+        with self._store.transaction("roll back a reservation") as conn:
+            self._store.delete_reservation(conn, row_id)
 
     # --------------------------------------------------------------- reporting
     def status(self, client_id: str) -> BudgetStatus:
         """The client's budget: spent and remaining (epsilon, delta), answered/reserved/refused queries."""
         client_id = _check_client_id(client_id)
-        with self._db("read the status"), self._transaction(immediate=False) as conn:
+        with self._store.transaction("read the status", immediate=False) as conn:
             return self._status(conn, client_id)
 
     def _status(self, conn: sqlite3.Connection, client_id: str) -> BudgetStatus:
         groups = self._groups(conn, client_id)
-        counts = dict(conn.execute(
-            f"SELECT status, COALESCE(SUM(queries), 0) FROM spends WHERE client_id = ? AND status IN {_COUNTED} "
-            "GROUP BY status", (client_id,)).fetchall())
-        row = conn.execute("SELECT refused_queries FROM clients WHERE client_id = ?", (client_id,)).fetchone()
+        counts = self._store.counted_queries(conn, client_id)
+        refused = self._store.refused_queries(conn, client_id)
         if groups:
             spent_epsilon, spent_delta, bound = self._evaluate(groups)
         else:
@@ -679,24 +365,20 @@ class PrivacyLedger:
             remaining_delta=max(self.total_delta - spent_delta, 0.0),
             answered_queries=int(counts.get("answered", 0)),
             reserved_queries=int(counts.get("reserved", 0)),
-            refused_queries=int(row[0]) if row else 0,
+            refused_queries=refused,
         )
 
     def clients(self) -> list[str]:
         """Every client id the ledger has seen (answered, reserved or refused), sorted."""
-        with self._db("list the clients"), self._transaction(immediate=False) as conn:
-            return [r[0] for r in conn.execute("SELECT client_id FROM clients ORDER BY client_id")]
+        with self._store.transaction("list the clients", immediate=False) as conn:
+            return self._store.client_ids(conn)
 
     def audit_log(self, client_id: Optional[str] = None) -> list[AuditEntry]:
         """The administrator actions recorded in the ledger (oldest first)."""
-        sql = "SELECT id, at, action, client_id, admin, reason, details FROM audit"
-        args: tuple = ()
         if client_id is not None:
-            sql += " WHERE client_id = ?"
-            args = (_check_client_id(client_id),)
-        with self._db("read the audit log"), self._transaction(immediate=False) as conn:
-            rows = conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+            client_id = _check_client_id(client_id)
+        with self._store.transaction("read the audit log", immediate=False) as conn:
+            return self._store.audit_entries(conn, client_id)
 
     # ------------------------------------------------------------ administration
     def reset(self, client_id: str, *, admin: str, reason: str) -> BudgetStatus:
@@ -711,22 +393,13 @@ class PrivacyLedger:
         client_id = _check_client_id(client_id)
         admin = _check_text("admin", admin)
         reason = _check_text("reason", reason)
-        self._require_writable("reset a client")
-        with self._db("reset a client"), self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM clients WHERE client_id = ?", (client_id,)).fetchone() is None:
+        self._store.require_writable("reset a client")
+        with self._store.transaction("reset a client") as conn:
+            if not self._store.has_client(conn, client_id):
                 raise ValueError(f"privacy ledger {self.path}: no client {client_id!r} to reset")
             before = self._status(conn, client_id)
             details = {"before": before.to_dict(), "pid": os.getpid()}
-            audit_id = conn.execute(
-                "INSERT INTO audit (at, action, client_id, admin, reason, details) VALUES (?, 'reset', ?, ?, ?, ?)",
-                (_now(), client_id, admin, reason, json.dumps(details, default=str)),
-            ).lastrowid
-            conn.execute(
-                f"UPDATE spends SET status = 'reset', reset_id = ? WHERE client_id = ? AND status IN {_COUNTED}",
-                (audit_id, client_id),
-            )
-            conn.execute("UPDATE clients SET refused_queries = 0, refused_requests = 0 WHERE client_id = ?",
-                         (client_id,))
+            audit_id = self._store.record_reset(conn, client_id, admin=admin, reason=reason, details=details)
         logger.warning(
             "privacy budget of client %r RESET by %r (reason: %s); voided spend epsilon=%s delta=%s, "
             "%d answered + %d reserved queries; audit id %s in %s",
