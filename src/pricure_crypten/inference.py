@@ -114,19 +114,16 @@ class StackedNetwork(crypten.nn.Module):
     def _build_relu(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
         return (lambda x: x.relu()), layout
 
-    def _build_avgpool2d(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
+    def _build_pool(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
+        """AvgPool2d / MaxPool2d: one channel-wise pooling over all K*C stacked channels."""
         opts = dict(kernel_size=layer.option("kernel_size"), stride=layer.option("stride"),
                     padding=layer.option("padding"))
         if layout == "flat":
-            raise ValueError("AvgPool2d after Flatten is not supported")
-        return (lambda x: x.avg_pool2d(**opts)), layout
+            raise ValueError(f"{layer.kind} after Flatten is not supported")
+        method = "avg_pool2d" if layer.kind == "avgpool2d" else "max_pool2d"
+        return (lambda x: getattr(x, method)(**opts)), layout
 
-    def _build_maxpool2d(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
-        opts = dict(kernel_size=layer.option("kernel_size"), stride=layer.option("stride"),
-                    padding=layer.option("padding"))
-        if layout == "flat":
-            raise ValueError("MaxPool2d after Flatten is not supported")
-        return (lambda x: x.max_pool2d(**opts)), layout
+    _build_avgpool2d = _build_maxpool2d = _build_pool
 
     def _build_flatten(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
         k = self.num_owners

@@ -24,7 +24,8 @@ import dp_accounting
 import numpy as np
 
 from ..randomness import SecureRandom, Shape
-from .base import check_delta, check_split
+from .base import check_delta
+from .gaussian import gaussian_partial
 
 ARGMAX_SENSITIVITY_L2 = math.sqrt(2.0)
 THRESHOLD_SENSITIVITY = 1.0
@@ -70,17 +71,13 @@ class ConfidentGNMax:
         self, shape: Shape, *, num_servers: int, colluding: int = 0, rng: SecureRandom | None = None
     ) -> np.ndarray:
         """One server's partial of N(0, sigma_threshold^2) for the top count."""
-        m = check_split(num_servers, colluding)
-        rng = rng if rng is not None else SecureRandom()
-        return (self.sigma_threshold / math.sqrt(m)) * rng.standard_normal(shape)
+        return gaussian_partial(self.sigma_threshold, shape, num_servers=num_servers, colluding=colluding, rng=rng)
 
     def partial(
         self, shape: Shape, *, num_servers: int, colluding: int = 0, rng: SecureRandom | None = None
     ) -> np.ndarray:
         """One server's partial of N(0, sigma^2) for the histogram."""
-        m = check_split(num_servers, colluding)
-        rng = rng if rng is not None else SecureRandom()
-        return (self.sigma / math.sqrt(m)) * rng.standard_normal(shape)
+        return gaussian_partial(self.sigma, shape, num_servers=num_servers, colluding=colluding, rng=rng)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier=self.noise_multiplier)

@@ -17,6 +17,15 @@ from ..randomness import SecureRandom, Shape
 from .base import NoiseMechanism, check_split
 
 
+def gaussian_partial(
+    sigma: float, shape: Shape, *, num_servers: int, colluding: int = 0, rng: SecureRandom | None = None
+) -> np.ndarray:
+    """One server's partial of N(0, sigma^2): N(0, sigma^2 / (N - t))."""
+    m = check_split(num_servers, colluding)
+    rng = rng if rng is not None else SecureRandom()
+    return (sigma / math.sqrt(m)) * rng.standard_normal(shape)
+
+
 class GaussianNoise(NoiseMechanism):
     """(epsilon, delta)-DP Gaussian noise, calibrated with the analytic Gaussian
     mechanism of Balle & Wang (2018) as implemented by diffprivlib's
@@ -50,9 +59,7 @@ class GaussianNoise(NoiseMechanism):
     def partial(
         self, shape: Shape, *, num_servers: int, colluding: int = 0, rng: SecureRandom | None = None
     ) -> np.ndarray:
-        m = check_split(num_servers, colluding)
-        rng = rng if rng is not None else SecureRandom()
-        return (self._scale / math.sqrt(m)) * rng.standard_normal(shape)
+        return gaussian_partial(self._scale, shape, num_servers=num_servers, colluding=colluding, rng=rng)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier=self._scale / self.sensitivity)
