@@ -1,47 +1,74 @@
 """pricure-crypten: private collaborative prediction (PRICURE) on CrypTen.
 
-Importing this package first makes CrypTen 0.4.1 work on current PyTorch
-(see :mod:`pricure_crypten._compat`), so ``import pricure_crypten`` followed
-by ``import crypten`` gives a working crypten.
+The layers, lowest first (a module imports only its own layer or lower ones):
 
-The path of a query, one module per step: :mod:`owners` (share models) ->
-:mod:`client` (share queries) -> :mod:`servers` / :mod:`server` (CrypTen
-parties) with :mod:`dealer` (correlated randomness) -> :mod:`inference`
-(stacked owners) -> :mod:`aggregation` with :mod:`noise` -> the one reveal in
-:meth:`Client.reveal`. :mod:`service` wires them together.
+* :mod:`._validation` and :mod:`._compat` (CrypTen 0.4.1 on current torch);
+* :mod:`.mpc`: what runs inside a CrypTen party, on shares only;
+* :mod:`.privacy`: noise mechanisms and the per-client budget (no CrypTen);
+* :mod:`.config`: the validated settings objects;
+* :mod:`.parties`: owners, clients, servers, the dealer and their processes;
+* :mod:`.ensemble`: :class:`PrivateEnsemble`, the public API;
+* :mod:`.experiments`: data, models, training, the plaintext reference and
+  the demo; evaluation only, sees everything, never imported by the layers above.
+
+Importing this package is light: the public names below load on first use,
+and the compatibility layer is applied on the first ``import crypten``
+(so ``import pricure_crypten`` followed by ``import crypten`` works on
+current torch, and ``pricure budget`` never loads CrypTen).
 """
 
-from ._compat import applied_patches, apply as _apply_compat
+from __future__ import annotations
 
-_apply_compat()
+import importlib
+from typing import Any
 
-from .client import ABSTAIN, Client  # noqa: E402
-from .layers import UnsupportedLayerError  # noqa: E402
-from .noise import calibrate  # noqa: E402
-from .owners import ModelOwner  # noqa: E402
-from .randomness import SecureRandom  # noqa: E402
-from .servers import ServerError  # noqa: E402
-from .service import Cost, Prediction, PrivateEnsemble  # noqa: E402
-from .sharing import FRACTIONAL_BITS, SAFE_MAX_ABS, decode, encode, reconstruct, share  # noqa: E402
+from ._compat import applied_patches, install_import_hook
+
+install_import_hook()
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ABSTAIN",
-    "Client",
-    "Cost",
-    "FRACTIONAL_BITS",
-    "ModelOwner",
-    "Prediction",
-    "PrivateEnsemble",
-    "SAFE_MAX_ABS",
-    "SecureRandom",
-    "ServerError",
-    "UnsupportedLayerError",
-    "applied_patches",
-    "calibrate",
-    "decode",
-    "encode",
-    "reconstruct",
-    "share",
-]
+_PUBLIC = {
+    "ABSTAIN": ".parties.client",
+    "Client": ".parties.client",
+    "ModelOwner": ".parties.owner",
+    "UnsupportedLayerError": ".mpc.layers",
+    "SecureRandom": ".mpc.randomness",
+    "FRACTIONAL_BITS": ".mpc.sharing",
+    "SAFE_MAX_ABS": ".mpc.sharing",
+    "decode": ".mpc.sharing",
+    "encode": ".mpc.sharing",
+    "reconstruct": ".mpc.sharing",
+    "share": ".mpc.sharing",
+    "calibrate": ".privacy.noise",
+    "LaplaceNoise": ".privacy.noise",
+    "GaussianNoise": ".privacy.noise",
+    "NoNoise": ".privacy.noise",
+    "ConfidentGNMax": ".privacy.noise",
+    "Aggregation": ".config",
+    "Batching": ".config",
+    "Cluster": ".config",
+    "ExperimentOptions": ".config",
+    "InsecureProviderWarning": ".config",
+    "InsecureSeedWarning": ".config",
+    "ServerError": ".parties.cluster",
+    "Cost": ".ensemble",
+    "EnsembleClosedError": ".ensemble",
+    "Prediction": ".ensemble",
+    "PrivateEnsemble": ".ensemble",
+}
+
+__all__ = sorted([*_PUBLIC, "applied_patches"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pricure_crypten' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -22,6 +22,8 @@ that does not need it:
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -92,18 +94,75 @@ def patch_from_pytorch_exporter(onnx_converter: Any, torch_module: Any) -> bool:
     return True
 
 
-def apply() -> list[str]:
-    """Apply every needed patch, then import crypten. Returns the patches in force."""
-    if patch_onnx_registration():
-        _applied.append("onnx-registration-alias")
-    import torch
+_ONNX_CONVERTER = "crypten.nn.onnx_converter"
 
-    import crypten  # noqa: F401  (import only after the alias is in place)
-    import crypten.nn.onnx_converter as onnx_converter
+
+def _apply_registration_alias() -> None:
+    if "onnx-registration-alias" not in _applied and patch_onnx_registration():
+        _applied.append("onnx-registration-alias")
+
+
+def _apply_exporter_patch(onnx_converter: Any) -> None:
+    import torch
 
     if patch_from_pytorch_exporter(onnx_converter, torch):
         _applied.append("from-pytorch-torchscript-exporter")
+
+
+def apply() -> list[str]:
+    """Apply every needed patch, then import crypten. Returns the patches in force."""
+    _apply_registration_alias()
+    import crypten  # noqa: F401  (import only after the alias is in place)
+    import crypten.nn.onnx_converter as onnx_converter
+
+    _apply_exporter_patch(onnx_converter)
     return applied_patches()
+
+
+class _CryptenImportHook(importlib.abc.MetaPathFinder):
+    """Applies the patches when anything imports ``crypten``, so that ``import
+    pricure_crypten`` itself stays light (``pricure budget`` never loads CrypTen)
+    while ``import pricure_crypten; import crypten`` still works.
+
+    It imports nothing of crypten itself: before ``crypten`` is executed it puts
+    the registration alias in place, and it wraps the loader of
+    ``crypten.nn.onnx_converter`` so that the exporter patch follows right after
+    that module is executed.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == "crypten":
+            _apply_registration_alias()
+            return None  # the ordinary finders load crypten
+        if fullname != _ONNX_CONVERTER:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            _apply_exporter_patch(module)
+
+        spec.loader.exec_module = exec_module  # this module's own loader instance
+        return spec
+
+
+_hook = _CryptenImportHook()
+
+
+def install_import_hook() -> None:
+    """Apply the patches on the first ``import crypten`` (idempotent; nothing to do if already imported)."""
+    if "crypten" in sys.modules:
+        apply()
+    elif _hook not in sys.meta_path:
+        sys.meta_path.insert(0, _hook)
+
+
+def uninstall_import_hook() -> None:
+    if _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
 
 
 def applied_patches() -> list[str]:

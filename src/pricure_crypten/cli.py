@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Sequence
 
-from .demo import DemoConfig, format_table, run_demo
+from ._validation import MECHANISM_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,35 +35,72 @@ def _delta(text: str) -> float:
         raise argparse.ArgumentTypeError(f"--delta must be a number in [0, 1), got {text!r}") from None
 
 
+def _at_least(minimum: int, flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+class _DemoDefaults:  # the demo's defaults, without importing torch to print --help
+    dataset, owners, servers, colluding, epsilon = "breast-cancer", 10, 2, 0, 1.0
+    mechanism, aggregation, partition, alpha, queries, batch_size, seed = (
+        "laplace", "vote", "dirichlet", 1.0, 100, 25, 0)
+
+
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    d = DemoConfig()
+    d = _DemoDefaults
     p = sub.add_parser("demo", help="train K owners and run private predictions (the main job)")
     p.add_argument("--dataset", default=d.dataset,
                    help="breast-cancer, digits, a MedMNIST 2D flag (e.g. pneumoniamnist), mnist, fashion-mnist")
     p.add_argument("--data-root", default=None, help="folder with the dataset files (default: $PRICURE_DATA_ROOT)")
     p.add_argument("--download", action="store_true", help="allow downloading a missing dataset file")
-    p.add_argument("--owners", type=int, default=d.owners, help="number of model owners K")
-    p.add_argument("--servers", type=int, default=d.servers, help="number of non-colluding servers N >= 2")
-    p.add_argument("--colluding", type=int, default=d.colluding, help="servers the noise tolerates colluding")
+    p.add_argument("--owners", type=_at_least(1, "--owners"), default=d.owners, help="number of model owners K")
+    p.add_argument("--servers", type=_at_least(2, "--servers"), default=d.servers,
+                   help="number of non-colluding servers N >= 2")
+    p.add_argument("--colluding", type=_at_least(0, "--colluding"), default=d.colluding,
+                   help="servers the noise tolerates colluding")
     p.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="epsilon per query (a number or inf)")
     p.add_argument("--delta", type=_delta, default=None, help="delta per query (gaussian; default 1e-5)")
-    p.add_argument("--mechanism", choices=["laplace", "gaussian"], default=d.mechanism)
+    p.add_argument("--mechanism", choices=list(MECHANISM_NAMES), default=d.mechanism)
     p.add_argument("--aggregation", choices=["vote", "softmax"], default=d.aggregation)
     p.add_argument("--partition", choices=["dirichlet", "iid", "quantity"], default=d.partition,
                    help="how the training split is divided among owners")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the shards")
-    p.add_argument("--queries", type=int, default=d.queries, help="number of test queries Q")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="queries per private prediction call")
+    p.add_argument("--queries", type=_at_least(1, "--queries"), default=d.queries, help="number of test queries Q")
+    p.add_argument("--batch-size", type=_at_least(1, "--batch-size"), default=d.batch_size,
+                   help="queries per private prediction call")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
 
 
+def demo_config(args: argparse.Namespace):
+    """The demo's configuration objects, built from the flags (validated on construction)."""
+    from .config import Aggregation, Cluster
+    from .experiments.demo import DemoConfig
+    from .privacy.noise import calibrate
+
+    noise = calibrate(epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism, aggregation=args.aggregation)
+    return DemoConfig(
+        dataset=args.dataset, data_root=args.data_root, download=args.download, owners=args.owners,
+        partition=args.partition, alpha=args.alpha, queries=args.queries, batch_size=args.batch_size,
+        seed=args.seed, quiet=args.quiet or args.json,
+        aggregation=Aggregation(method=args.aggregation, noise=noise),
+        cluster=Cluster(num_servers=args.servers, colluding=args.colluding),
+    )
+
+
 def _run_demo(args: argparse.Namespace) -> int:
-    fields = set(DemoConfig.__dataclass_fields__)
-    config = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if args.json:
-        config = DemoConfig(**{**vars(config), "quiet": True})
+    config = demo_config(args)  # bad settings raise here, before any data is loaded
+    from .experiments.demo import format_table, run_demo
+
     result = run_demo(config)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("owner_shards",)}))
@@ -75,7 +112,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["budget"]:
-        from .accounting.cli import budget_main
+        from .privacy.accounting.cli import budget_main
 
         return budget_main(argv[1:])
     parser = _Parser(prog="pricure", description="Private collaborative prediction (PRICURE on CrypTen).")

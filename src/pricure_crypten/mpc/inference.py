@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import crypten.nn
 import torch
-from crypten.mpc import MPCTensor
 
+from ._crypten import MPCTensor, crypten
 from .layers import LayerSpec
 from .sharing import FRACTIONAL_BITS
 

@@ -23,21 +23,16 @@ import math
 import dp_accounting
 import numpy as np
 
-from ..randomness import SecureRandom, Shape
-from .base import check_delta
+from ..._validation import check_aggregation, check_positive
+from ...mpc.randomness import SecureRandom, Shape
+from .base import NoiseMechanism, ReleaseOps, T, check_delta
 from .gaussian import gaussian_partial
 
 ARGMAX_SENSITIVITY_L2 = math.sqrt(2.0)
 THRESHOLD_SENSITIVITY = 1.0
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-class ConfidentGNMax:
+class ConfidentGNMax(NoiseMechanism):
     """The Confident-GNMax aggregator's noise for vote histograms.
 
     Args:
@@ -50,9 +45,9 @@ class ConfidentGNMax:
     name = "confident-gnmax"
 
     def __init__(self, *, threshold: float, sigma_threshold: float, sigma: float, delta: float = 1e-5) -> None:
-        self.threshold = _positive("threshold", threshold)
-        self.sigma_threshold = _positive("sigma_threshold", sigma_threshold)
-        self.sigma = _positive("sigma", sigma)
+        self.threshold = check_positive(threshold, name="threshold")
+        self.sigma_threshold = check_positive(sigma_threshold, name="sigma_threshold")
+        self.sigma = check_positive(sigma, name="sigma")
         self.delta = check_delta(delta)
         if self.delta == 0.0:
             raise ValueError("Confident-GNMax is Gaussian: delta must be > 0")
@@ -78,6 +73,17 @@ class ConfidentGNMax:
     ) -> np.ndarray:
         """One server's partial of N(0, sigma^2) for the histogram."""
         return gaussian_partial(self.sigma, shape, num_servers=num_servers, colluding=colluding, rng=rng)
+
+    def check_aggregation(self, aggregation: str) -> str:
+        if check_aggregation(aggregation) != "vote":
+            raise ValueError("Confident-GNMax aggregates votes: use aggregation='vote'")
+        return aggregation
+
+    def release(self, histogram: T, ops: ReleaseOps[T]) -> T:
+        """Answer the noisy argmax where the noisy top count reaches the threshold, else abstain."""
+        top = ops.add_noise(ops.top(histogram), self.threshold_partial)
+        answered = ops.at_least(top, self.threshold)
+        return ops.mask(ops.argmax(ops.add_noise(histogram, self.partial)), answered)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier=self.noise_multiplier)

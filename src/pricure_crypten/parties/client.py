@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .randomness import SecureRandom
-from .sharing import SAFE_MAX_ABS, reconstruct, share
+from ..mpc.randomness import SecureRandom
+from ..mpc.sharing import SAFE_MAX_ABS, reconstruct, share
 
 ABSTAIN = -1
 

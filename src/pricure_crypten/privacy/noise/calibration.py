@@ -1,4 +1,4 @@
-"""From (epsilon, delta, mechanism, aggregation) to a calibrated noise mechanism.
+"""From (epsilon, delta, mechanism name, aggregation) to a calibrated noise mechanism.
 
 Sensitivity of the released histogram (neighbouring datasets differ in one
 training record of ONE owner, which can change at most that owner's model):
@@ -16,38 +16,28 @@ noisy argmax is post-processing. Each query of a batch is one release.
 from __future__ import annotations
 
 import math
-from typing import Union
 
-from .base import check_delta, check_epsilon
-from .confident_gnmax import ConfidentGNMax
-from .gaussian import GaussianNoise
-from .laplace import LaplaceNoise
+from ..._validation import AGGREGATIONS, MECHANISM_NAMES, check_aggregation, check_choice, check_delta, check_epsilon
+from .base import NoiseMechanism
+from .gaussian import DEFAULT_DELTA, SENSITIVITY_L2, GaussianNoise
+from .laplace import SENSITIVITY_L1, LaplaceNoise
 from .none import NoNoise
 
-AGGREGATIONS = ("vote", "softmax")
-MECHANISMS = ("laplace", "gaussian")
+MECHANISMS = MECHANISM_NAMES
 
-SENSITIVITY_L1 = {"vote": 2.0, "softmax": 2.0}
-SENSITIVITY_L2 = {"vote": math.sqrt(2.0), "softmax": math.sqrt(2.0)}
+#: Any calibrated mechanism (kept as an alias of the interface).
+Mechanism = NoiseMechanism
 
-Mechanism = Union[LaplaceNoise, GaussianNoise, NoNoise, ConfidentGNMax]
-
-
-def check_aggregation(aggregation: str) -> str:
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
-    return aggregation
+__all__ = ["AGGREGATIONS", "MECHANISMS", "Mechanism", "calibrate", "check_aggregation", "check_mechanism"]
 
 
 def check_mechanism(mechanism: str) -> str:
-    if mechanism not in MECHANISMS:
-        raise ValueError(f"unknown mechanism {mechanism!r}; choose one of {', '.join(MECHANISMS)}")
-    return mechanism
+    return check_choice(mechanism, MECHANISMS, name="mechanism")
 
 
 def calibrate(
     *, epsilon: float, delta: float | None = None, mechanism: str = "laplace", aggregation: str = "vote"
-) -> Mechanism:
+) -> NoiseMechanism:
     """The noise mechanism for one query's histogram.
 
     Args:
@@ -55,16 +45,17 @@ def calibrate(
         delta: per-query delta in [0, 1); ``None`` means 0 for Laplace and
             1e-5 for Gaussian.
         mechanism: ``"laplace"`` or ``"gaussian"``.
-        aggregation: ``"vote"`` or ``"softmax"``.
+        aggregation: ``"vote"`` or ``"softmax"`` (both have L1 sensitivity 2
+            and L2 sensitivity sqrt(2)).
     """
     check_mechanism(mechanism)
     check_aggregation(aggregation)
     epsilon = check_epsilon(epsilon)
     if delta is None:
-        delta = 0.0 if mechanism == "laplace" else 1e-5
+        delta = 0.0 if mechanism == "laplace" else DEFAULT_DELTA
     delta = check_delta(delta)
     if math.isinf(epsilon):
         return NoNoise()
     if mechanism == "laplace":
-        return LaplaceNoise(epsilon=epsilon, delta=delta, sensitivity=SENSITIVITY_L1[aggregation])
-    return GaussianNoise(epsilon=epsilon, delta=delta, sensitivity=SENSITIVITY_L2[aggregation])
+        return LaplaceNoise(epsilon=epsilon, delta=delta, sensitivity=SENSITIVITY_L1)
+    return GaussianNoise(epsilon=epsilon, delta=delta, sensitivity=SENSITIVITY_L2)

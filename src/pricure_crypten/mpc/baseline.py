@@ -11,13 +11,13 @@ differs.
 
 from __future__ import annotations
 
-import crypten
-import crypten.nn as cnn
 import torch
-from crypten.mpc import MPCTensor
 
+from ._crypten import MPCTensor, crypten
 from .layers import LayerSpec
 from .sharing import FRACTIONAL_BITS
+
+cnn = crypten.nn
 
 
 def _module(layer: LayerSpec) -> cnn.Module:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Iterable, Optional, Protocol, Union, runtime_c
 
 import dp_accounting
 
-from ..noise import check_delta, check_epsilon
+from ..._validation import check_delta, check_epsilon
 
 # Relative tolerance when comparing a composed delta with a target delta (float noise only).
 _REL_TOL = 1e-12

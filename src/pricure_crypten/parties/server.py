@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .process import join_rendezvous, set_distributed_timeout, start_heartbeat
 
 
 class DecodeAudit:
@@ -43,15 +44,17 @@ class DecodeAudit:
         counted(MPCTensor, "reveal")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
-    """Public settings a server is started with."""
+    """Public settings a server process is started with."""
 
     rank: int
     world_size: int
     rendezvous: str
     provider: str  # "TTP" or "TFP" (CrypTen's names)
     threads: int
+    request_timeout: float  # torch.distributed's timeout for this server's collectives
+    parent_pid: int
 
 
 class ServerState:
@@ -70,23 +73,30 @@ class ServerState:
         return handler(payload)
 
     def op_info(self, payload: Any) -> dict:
-        import crypten
+        """Public facts about this server: identity, provider, decode count, memory."""
+        import resource
 
+        from ..mpc._crypten import crypten
+
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         return {
             "rank": self.config.rank,
             "pid": os.getpid(),
             "provider": type(crypten.mpc.get_default_provider()).__name__,
             "cfg_provider": crypten.cfg.mpc.provider,
             "decodes": self.audit.count,
+            "rss_bytes": rss,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
 
     def op_load(self, payload: dict) -> dict:
         """Stack this server's shares of the owners' models; build the aggregation layer."""
-        from .aggregation import EncryptedAggregation
-        from .baseline import SequentialOwners
-        from .inference import StackedNetwork
-        from .owners import group_by_architecture, stack_shares
-        from .randomness import SecureRandom
+        from ..mpc.aggregation import EncryptedAggregation
+        from ..mpc.baseline import SequentialOwners
+        from ..mpc.inference import StackedNetwork
+        from ..mpc.randomness import SecureRandom
+        from .owner import group_by_architecture, stack_shares
 
         bundles = payload["bundles"]
         if payload.get("stacking", True):
@@ -107,12 +117,12 @@ class ServerState:
 
     def op_predict(self, payload: dict) -> dict:
         """One batch: query shares -> one-hot label shares for the client, plus public costs."""
-        import crypten
-        import crypten.communicator as comm
         import torch
-        from crypten.mpc import MPCTensor
 
-        from .sharing import FRACTIONAL_BITS
+        from ..mpc._crypten import MPCTensor, crypten
+        from ..mpc.sharing import FRACTIONAL_BITS
+
+        comm = crypten.communicator
 
         if self.aggregation is None:
             raise RuntimeError("no owners loaded on this server")
@@ -134,33 +144,42 @@ class ServerState:
         }
 
 
-def server_main(config: ServerConfig, inbox: Any, outbox: Any) -> None:
-    """Entry point of a server process (spawned): serve requests until 'shutdown'."""
-    os.environ.update(
-        WORLD_SIZE=str(config.world_size),
-        RANK=str(config.rank),
-        RENDEZVOUS=config.rendezvous,
-        DISTRIBUTED_BACKEND="gloo",
-    )
+def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) -> None:
+    """Entry point of a server process (spawned): serve requests in sequence order until 'shutdown'.
+
+    ``inbox`` carries ``(sequence number, operation, payload)`` from the
+    launcher; every reply on ``replies`` carries the sequence number of its
+    request. Requests must arrive numbered 1, 2, 3, ... (the one order all
+    servers agree on); anything else is an error, and after an error the
+    server exits (the launcher then tears the cluster down: nothing is revealed).
+    """
+    start_heartbeat(heartbeat, config.parent_pid)
+    join_rendezvous(rank=config.rank, world_size=config.world_size, rendezvous=config.rendezvous)
     import torch
 
-    import pricure_crypten  # noqa: F401  (applies the compatibility layer before crypten)
-    import crypten
+    from ..mpc._crypten import crypten
 
     torch.set_num_threads(config.threads)
     crypten.cfg.mpc.provider = config.provider
     crypten.cfg.communicator.verbose = True
+    set_distributed_timeout(config.request_timeout)
     audit = DecodeAudit()
     audit.install()
     crypten.init()
+    replies.send((0, "ready", {"pid": os.getpid()}))
     state = ServerState(config, audit)
+    expected = 1
     while True:
-        op, payload = inbox.get()
+        sequence, op, payload = inbox.get()
         if op == "shutdown":
             crypten.uninit()
             return
         try:
-            outbox.put((config.rank, "ok", state.handle(op, payload)))
+            if sequence != expected:
+                raise RuntimeError(f"request {sequence} arrived out of order (expected {expected})")
+            expected += 1
+            result = state.handle(op, payload)
         except Exception:  # noqa: BLE001 - reported to the operator; the cluster is then torn down
-            outbox.put((config.rank, "error", traceback.format_exc()))
+            replies.send((sequence, "error", traceback.format_exc()))
             return
+        replies.send((sequence, "ok", result))

@@ -12,7 +12,7 @@ import math
 
 from diffprivlib.accountant import BudgetAccountant
 
-from ..noise import check_delta
+from ..._validation import check_delta
 from .base import Accountant, within
 from .basic import BasicAccountant
 

@@ -1,21 +1,24 @@
-"""Differential-privacy noise: one mechanism per module, one interface (``base``)."""
+"""Differential-privacy noise: one mechanism per module behind one interface (:mod:`.base`)."""
 
-from .base import NoiseMechanism, check_delta, check_epsilon
+from ..._validation import AGGREGATIONS, check_delta, check_epsilon
+from .base import AdditiveNoise, NoiseMechanism, ReleaseOps
+from .calibration import MECHANISMS, Mechanism, calibrate
 from .confident_gnmax import ConfidentGNMax
-from .calibration import AGGREGATIONS, MECHANISMS, Mechanism, calibrate
 from .gaussian import GaussianNoise
 from .laplace import LaplaceNoise
 from .none import NoNoise
 
 __all__ = [
     "AGGREGATIONS",
+    "AdditiveNoise",
     "ConfidentGNMax",
-    "MECHANISMS",
     "GaussianNoise",
     "LaplaceNoise",
+    "MECHANISMS",
     "Mechanism",
     "NoNoise",
     "NoiseMechanism",
+    "ReleaseOps",
     "calibrate",
     "check_delta",
     "check_epsilon",

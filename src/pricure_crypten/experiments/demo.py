@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._validation import check_int
+from ..config import Aggregation, Cluster
 from . import reference
-from .accounting import PrivacyLedger
-from .client import Client
+from ..privacy.accounting import PrivacyLedger
+from ..parties.client import Client
 from .data import load_dataset
-from .noise import calibrate
-from .owners import ModelOwner
+from ..privacy.noise import NoNoise
+from ..parties.owner import ModelOwner
 from .partition import describe_partition, partition
-from .service import PrivateEnsemble
+from ..ensemble import PrivateEnsemble
 from .training import accuracy, train_owners
 
 REPORT_DELTA = 1e-5  # the total delta at which the demo reports the client's spent epsilon
@@ -33,34 +35,34 @@ REPORT_DELTA = 1e-5  # the total delta at which the demo reports the client's sp
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of one demo run (the CLI flags of ``pricure demo``)."""
+    """Settings of one demo run (what ``pricure demo`` builds from its flags).
+
+    The privacy and topology settings are the library's own objects
+    (:class:`~pricure_crypten.config.Aggregation`, :class:`~pricure_crypten.config.Cluster`);
+    the rest says which data, how many owners, and how many queries.
+    """
 
     dataset: str = "breast-cancer"
     data_root: str | None = None
     download: bool = False
     owners: int = 10
-    servers: int = 2
-    epsilon: float = 1.0
-    delta: float | None = None
-    mechanism: str = "laplace"
-    aggregation: str = "vote"
     partition: str = "dirichlet"
     alpha: float = 1.0
     queries: int = 100
     batch_size: int = 25
-    colluding: int = 0
     seed: int = 0
     quiet: bool = False
+    aggregation: Aggregation = field(default_factory=Aggregation)
+    cluster: Cluster = field(default_factory=Cluster)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Cheap checks before anything is loaded or trained."""
         for name in ("owners", "queries", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.servers < 2:
-            raise ValueError(f"--servers must be >= 2 (non-colluding servers), got {self.servers}")
-        calibrate(epsilon=self.epsilon, delta=self.delta, mechanism=self.mechanism, aggregation=self.aggregation)
+            check_int(getattr(self, name), name=f"--{name.replace('_', '-')}", minimum=1)
+        if not isinstance(self.aggregation, Aggregation):
+            raise TypeError(f"aggregation must be an Aggregation, not {type(self.aggregation).__name__}")
+        if not isinstance(self.cluster, Cluster):
+            raise TypeError(f"cluster must be a Cluster, not {type(self.cluster).__name__}")
 
 
 def _select_queries(dataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +79,6 @@ def _json_number(value: float) -> float | str:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Train the owners, run the private predictions, return every figure as a dict."""
-    config.validate()
     root = Path(config.data_root) if config.data_root else None
     dataset = load_dataset(config.dataset, root=root, download=config.download, seed=config.seed)
     if config.owners > len(dataset.train_y):
@@ -91,10 +92,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     models = [r.model for r in train_owners(dataset, parts, seed=config.seed, quiet=config.quiet)]
 
     single = [accuracy(m, queries, truth) for m in models]
-    counts = reference.histogram(reference.ensemble_logits(models, queries), aggregation=config.aggregation)
-    plain_labels = reference.noisy_argmax(
-        counts, aggregation=config.aggregation, mechanism=calibrate(epsilon=float("inf"))
-    )
+    method = config.aggregation.method
+    counts = reference.histogram(reference.ensemble_logits(models, queries), aggregation=method,
+                                 logit_bound=config.aggregation.logit_bound)
+    plain_labels = reference.release(counts, mechanism=NoNoise())
     top2 = np.sort(counts, axis=-1)[:, -2:]
     ties = int(np.sum(np.isclose(top2[:, 0], top2[:, 1])))
 
@@ -103,14 +104,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         for i, m in enumerate(models)
     ]
     client = Client("demo-client")
+    mechanism = config.aggregation.noise
     private_labels, costs = [], []
     with tempfile.TemporaryDirectory(prefix="pricure-demo-") as tmp, PrivacyLedger(
         Path(tmp) / "ledger.sqlite3", total_epsilon=float("inf"), total_delta=REPORT_DELTA
     ) as ledger, PrivateEnsemble(
-        owners, num_servers=config.servers, epsilon=config.epsilon, delta=config.delta,
-        mechanism=config.mechanism, aggregation=config.aggregation, colluding=config.colluding, ledger=ledger,
+        owners, aggregation=config.aggregation, cluster=config.cluster, ledger=ledger,
     ) as ensemble:
-        mechanism = ensemble.mechanism
         for start in range(0, config.queries, config.batch_size):
             prediction = ensemble.predict(queries[start:start + config.batch_size], client=client)
             private_labels.append(prediction.labels)
@@ -121,12 +121,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return {
         "dataset": dataset.name,
         "owners": config.owners,
-        "servers": config.servers,
-        "epsilon": _json_number(config.epsilon),
+        "servers": config.cluster.num_servers,
+        "colluding": config.cluster.colluding,
+        "epsilon": _json_number(mechanism.epsilon),
         "delta": mechanism.delta,
-        "mechanism": config.mechanism,
+        "mechanism": mechanism.name,
         "noise_scale": mechanism.scale,
-        "aggregation": config.aggregation,
+        "aggregation": method,
         "partition": config.partition,
         "queries": config.queries,
         "batch_size": config.batch_size,
@@ -146,8 +147,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "client_spent_delta": budget.spent_delta,
         "accountant": f"{budget.accountant} ({budget.bound})",
         "owner_shards": shards,
-        "config": {k: _json_number(v) if isinstance(v, float) else v for k, v in asdict(config).items()},
+        "config": _config_summary(config),
     }
+
+
+def _config_summary(config: DemoConfig) -> dict[str, Any]:
+    plain = {name: getattr(config, name) for name in DemoConfig.__dataclass_fields__
+             if name not in ("aggregation", "cluster")}
+    plain.update(aggregation=config.aggregation.method, noise=repr(config.aggregation.noise),
+                 logit_bound=config.aggregation.logit_bound, cluster=repr(config.cluster))
+    return {k: _json_number(v) if isinstance(v, float) else v for k, v in plain.items()}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -14,22 +14,25 @@ import dp_accounting
 import numpy as np
 from diffprivlib.mechanisms import Laplace
 
-from ..randomness import SecureRandom, Shape
-from .base import NoiseMechanism, check_split
+from ...mpc.randomness import SecureRandom, Shape
+from .base import AdditiveNoise, check_split
+
+SENSITIVITY_L1 = 2.0  # one owner's vote (or probability vector) moves: ||h - h'||_1 <= 2
 
 
-class LaplaceNoise(NoiseMechanism):
+class LaplaceNoise(AdditiveNoise):
     """Pure epsilon-DP Laplace noise with scale b = sensitivity_L1 / epsilon.
 
     Args:
         epsilon: per-release epsilon, > 0.
-        sensitivity: L1 sensitivity of the released histogram.
+        sensitivity: L1 sensitivity of the released histogram (default 2:
+            one owner's vote, or probability vector, moves).
         delta: must be 0 (Laplace is pure epsilon-DP).
     """
 
     name = "laplace"
 
-    def __init__(self, *, epsilon: float, sensitivity: float, delta: float = 0.0) -> None:
+    def __init__(self, *, epsilon: float, sensitivity: float = SENSITIVITY_L1, delta: float = 0.0) -> None:
         super().__init__(epsilon=epsilon, delta=delta, sensitivity=sensitivity)
         if self.delta != 0.0:
             raise ValueError(f"the Laplace mechanism is pure epsilon-DP: delta must be 0, got {self.delta}")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from .layers import LayerSpec, convert, output_shape
-from .randomness import SecureRandom
-from .sharing import share
+from ..mpc.layers import LayerSpec, convert, output_shape
+from ..mpc.randomness import SecureRandom
+from ..mpc.sharing import share
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..noise import check_delta, check_epsilon
+from ..._validation import check_delta, check_epsilon
 from .base import MechanismLike, ReleaseCost, release_sort_key, within
 from .errors import BudgetExceededError
 from .registry import check_accountant_name, make_accountant

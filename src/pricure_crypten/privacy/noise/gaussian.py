@@ -13,8 +13,11 @@ import dp_accounting
 import numpy as np
 from diffprivlib.mechanisms import GaussianAnalytic
 
-from ..randomness import SecureRandom, Shape
-from .base import NoiseMechanism, check_split
+from ...mpc.randomness import SecureRandom, Shape
+from .base import AdditiveNoise, check_split
+
+SENSITIVITY_L2 = math.sqrt(2.0)  # one owner's vote (or probability vector) moves: ||h - h'||_2 <= sqrt(2)
+DEFAULT_DELTA = 1e-5
 
 
 def gaussian_partial(
@@ -26,7 +29,7 @@ def gaussian_partial(
     return (sigma / math.sqrt(m)) * rng.standard_normal(shape)
 
 
-class GaussianNoise(NoiseMechanism):
+class GaussianNoise(AdditiveNoise):
     """(epsilon, delta)-DP Gaussian noise, calibrated with the analytic Gaussian
     mechanism of Balle & Wang (2018) as implemented by diffprivlib's
     ``GaussianAnalytic`` (valid for every epsilon > 0, tighter than the classical
@@ -34,13 +37,16 @@ class GaussianNoise(NoiseMechanism):
 
     Args:
         epsilon: per-release epsilon, > 0.
-        delta: per-release delta, in (0, 1).
-        sensitivity: L2 sensitivity of the released histogram.
+        delta: per-release delta, in (0, 1) (default 1e-5).
+        sensitivity: L2 sensitivity of the released histogram (default
+            sqrt(2): one owner's vote, or probability vector, moves).
     """
 
     name = "gaussian"
 
-    def __init__(self, *, epsilon: float, delta: float, sensitivity: float) -> None:
+    def __init__(
+        self, *, epsilon: float, delta: float = DEFAULT_DELTA, sensitivity: float = SENSITIVITY_L2
+    ) -> None:
         super().__init__(epsilon=epsilon, delta=delta, sensitivity=sensitivity)
         if self.delta <= 0.0:
             raise ValueError("the Gaussian mechanism needs delta > 0 (got 0); use laplace for pure epsilon-DP")

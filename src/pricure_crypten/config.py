@@ -1,0 +1,218 @@
+"""The few validated settings objects of a private ensemble, one per concern.
+
+* :class:`Aggregation`: WHAT is released: the histogram kind, the noise
+  mechanism (any :class:`~pricure_crypten.privacy.noise.NoiseMechanism`,
+  including :class:`NoNoise` and :class:`ConfidentGNMax`) and the logit clamp.
+* :class:`Cluster`: WHO computes it: the servers, how many may collude, the
+  triple provider, threads and the failure-detection bounds.
+* :class:`Batching`: HOW concurrent requests share MPC batches.
+* :class:`ExperimentOptions`: benchmark and test switches that a deployment
+  never sets (fixed seeds warn as loudly as the insecure provider).
+
+Each object validates on construction, so a bad or conflicting setting raises
+before any process starts; the demo, the CLI and the benchmarks build these
+same objects. All are frozen dataclasses (hashable, printable, picklable).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ._validation import (
+    check_aggregation,
+    check_int,
+    check_logit_bound,
+    check_non_negative,
+    check_positive,
+    check_split,
+)
+from .privacy.noise import LaplaceNoise, NoiseMechanism
+
+PROVIDERS = {"ttp": "TTP", "insecure-tfp": "TFP"}  # our names -> CrypTen's
+SECURE_PROVIDER = "ttp"
+
+
+class InsecureProviderWarning(UserWarning):
+    """The insecure trusted-first-party provider is in use: server 0 sees every triple."""
+
+
+class InsecureSeedWarning(UserWarning):
+    """Fixed seeds make shares or noise predictable: for reproducible tests and experiments only."""
+
+
+def check_provider(provider: Any) -> str:
+    """Validate a provider name; warn loudly for the insecure one."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose 'ttp' (secure, default) or 'insecure-tfp'")
+    if provider != SECURE_PROVIDER:
+        warnings.warn(
+            "INSECURE: provider 'insecure-tfp' lets server 0 generate all Beaver triples in the clear, "
+            "so server 0 alone can unmask every secret-shared value. Use only for speed experiments.",
+            InsecureProviderWarning,
+            stacklevel=4,
+        )
+    return provider
+
+
+def _default_noise() -> NoiseMechanism:
+    return LaplaceNoise(epsilon=1.0)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """What the servers release per query, and its privacy.
+
+    Args:
+        method: ``"vote"`` (sum of the owners' one-hot votes, default) or
+            ``"softmax"`` (sum of their probability vectors).
+        noise: the calibrated mechanism; default Laplace at epsilon 1 per
+            query. Build one with :func:`~pricure_crypten.privacy.noise.calibrate`
+            or directly (``GaussianNoise(epsilon=2)``, ``NoNoise()``,
+            ``ConfidentGNMax(...)``).
+        logit_bound: the owners' logits are clamped to ``[-bound, bound]``
+            under MPC, in (0, 128].
+    """
+
+    method: str = "vote"
+    noise: NoiseMechanism = field(default_factory=_default_noise)
+    logit_bound: float = 64.0
+
+    def __post_init__(self) -> None:
+        check_aggregation(self.method)
+        if not isinstance(self.noise, NoiseMechanism):
+            raise TypeError(
+                f"noise must be a NoiseMechanism (LaplaceNoise, GaussianNoise, NoNoise, ConfidentGNMax, or "
+                f"calibrate(...)), not {type(self.noise).__name__}"
+            )
+        self.noise.check_aggregation(self.method)  # e.g. Confident-GNMax needs votes
+        object.__setattr__(self, "logit_bound", check_logit_bound(self.logit_bound))
+
+    @property
+    def epsilon(self) -> float:
+        return self.noise.epsilon
+
+    @property
+    def delta(self) -> float:
+        return self.noise.delta
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The servers and the dealer, and how failures are detected.
+
+    Args:
+        num_servers: N >= 2 non-colluding servers (CrypTen parties).
+        colluding: t < N: the noise stays fully calibrated even if t servers
+            pool their partials (each partial is drawn for N - t servers).
+        provider: ``"ttp"`` (secure, default: a separate dealer process) or
+            ``"insecure-tfp"`` (speed experiments only; warns).
+        threads_per_server: torch threads per server process (default: the
+            CPU count divided by N, at least 1).
+        start_timeout: seconds for the servers and the dealer to start, meet
+            and load the owners' shares.
+        request_timeout: seconds one MPC batch may take before the cluster is
+            declared stuck (also torch.distributed's own timeout on the
+            servers' collectives). Default 120.
+        heartbeat_timeout: a process whose heartbeat (every 0.25 s) is older
+            than this is declared silent (SIGSTOP, a frozen host). Default 5.
+    """
+
+    num_servers: int = 2
+    colluding: int = 0
+    provider: str = "ttp"
+    threads_per_server: Optional[int] = None
+    start_timeout: float = 120.0
+    request_timeout: float = 120.0
+    heartbeat_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_split(self.num_servers, self.colluding)
+        check_provider(self.provider)
+        if self.threads_per_server is not None:
+            check_int(self.threads_per_server, name="threads_per_server", minimum=1)
+        for name in ("start_timeout", "request_timeout", "heartbeat_timeout"):
+            object.__setattr__(self, name, check_positive(getattr(self, name), name=name))
+        if self.heartbeat_timeout < 1.0:
+            raise ValueError(f"heartbeat_timeout must be >= 1 s (heartbeats come every 0.25 s), "
+                             f"got {self.heartbeat_timeout}")
+
+    @property
+    def needs_dealer(self) -> bool:
+        return PROVIDERS[self.provider] == "TTP"
+
+    @property
+    def crypten_provider(self) -> str:
+        return PROVIDERS[self.provider]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How concurrent requests share MPC batches (dynamic batching).
+
+    Requests from any number of threads or clients are queued in arrival
+    order and computed in that order, one MPC batch at a time. With
+    ``enabled`` (default), the rows of the requests that are waiting, or that
+    arrive within ``window`` seconds of the first, are packed into one MPC
+    batch of at most ``max_rows`` rows (a larger request is split across
+    batches); each client receives the shares of its own rows only.
+
+    Args:
+        enabled: merge concurrent requests (default True); False runs every
+            request as its own MPC batch(es).
+        window: seconds to wait for more requests after the first (default 0.01).
+        max_rows: rows per MPC batch (default 256; bounds server memory).
+        max_queries: the largest batch one call may submit (default 65,536);
+            a larger one is refused before any MPC work.
+    """
+
+    enabled: bool = True
+    window: float = 0.01
+    max_rows: int = 256
+    max_queries: int = 65536
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, not {type(self.enabled).__name__}")
+        object.__setattr__(self, "window", check_non_negative(self.window, name="window"))
+        check_int(self.max_rows, name="max_rows", minimum=1)
+        check_int(self.max_queries, name="max_queries", minimum=1)
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """Switches for benchmarks and reproducible tests; a deployment sets none of them.
+
+    Args:
+        noise_seed: a fixed seed for every server's noise partials. Each
+            server derives its stream from it, so ANYONE who knows the seed
+            (every server does) knows the total noise: no differential
+            privacy against the servers. Warns (:class:`InsecureSeedWarning`).
+        share_seed: a fixed seed for the owners' and the client's shares:
+            whoever knows it can unmask them. Warns.
+        stacking: True (default) evaluates same-architecture owners in one
+            batched pass; False evaluates them one after the other (the naive
+            baseline of the benchmarks; rounds grow with K).
+    """
+
+    noise_seed: Optional[str | int] = None
+    share_seed: Optional[str | int] = None
+    stacking: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("noise_seed", "share_seed"):
+            seed = getattr(self, name)
+            if seed is None:
+                continue
+            if isinstance(seed, bool) or not isinstance(seed, (str, int)):
+                raise TypeError(f"{name} must be None, a str or an int, not {type(seed).__name__}")
+            warnings.warn(
+                f"INSECURE: {name}={seed!r} makes every "
+                f"{'noise partial' if name == 'noise_seed' else 'share'} predictable to anyone who knows the "
+                "seed. Use only for reproducible tests and experiments.",
+                InsecureSeedWarning,
+                stacklevel=4,
+            )
+        if not isinstance(self.stacking, bool):
+            raise TypeError(f"stacking must be a bool, not {type(self.stacking).__name__}")

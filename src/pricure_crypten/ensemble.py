@@ -1,0 +1,288 @@
+"""The path of a query, top to bottom: the public API of pricure-crypten.
+
+:class:`PrivateEnsemble` wires the parties together:
+
+1. construction validates everything (owners agree on input shape and
+   classes, supported layers; the :mod:`~pricure_crypten.config` objects
+   validate themselves and each other) and starts nothing;
+2. the first call (or :meth:`PrivateEnsemble.start`) launches the servers and
+   the dealer, and every owner sends one fresh bundle of shares to each server
+   (:meth:`ModelOwner.share`);
+3. :meth:`PrivateEnsemble.predict`, from any number of threads at once: the
+   client's queries are validated and its privacy budget reserved BEFORE any
+   MPC work; the client shares its batch; the scheduler
+   (:mod:`~pricure_crypten.parties.batching`) puts the request in the one
+   order all servers follow, possibly packed with other clients' rows into
+   one MPC batch; each server runs the stacked owners and the encrypted
+   aggregation with its noise partial; the spend is committed; then, and only
+   then, the shares of this client's own rows go to the client, whose
+   :meth:`Client.reveal` is the single reveal.
+4. A failure (a server or the dealer dies, stops answering, or errs) raises
+   :class:`ServerError` to every request in the failed batch, reveals
+   nothing and charges nothing; the next call launches a fresh cluster and
+   the owners share their models again. :meth:`close` is final and idempotent.
+
+Deployment note: in this library mode the owners and the clients run in the
+calling process; the servers and the dealer are separate processes that
+receive only shares. The calling process routes shares and never
+reconstructs anything except through ``Client.reveal``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .config import Aggregation, Batching, Cluster, ExperimentOptions
+from .mpc.randomness import SecureRandom
+from .parties.batching import RequestScheduler
+from .parties.client import Client
+from .parties.cluster import ServerCluster, ServerError
+from .parties.owner import ModelOwner, check_owners
+
+_MOVED = {
+    "epsilon": "aggregation=Aggregation(noise=calibrate(epsilon=..., mechanism=...))",
+    "delta": "aggregation=Aggregation(noise=calibrate(epsilon=..., delta=..., mechanism=...))",
+    "mechanism": "aggregation=Aggregation(noise=calibrate(epsilon=..., mechanism=...))",
+    "noise": "aggregation=Aggregation(noise=...)",
+    "logit_bound": "aggregation=Aggregation(logit_bound=...)",
+    "num_servers": "cluster=Cluster(num_servers=...)",
+    "colluding": "cluster=Cluster(colluding=...)",
+    "provider": "cluster=Cluster(provider=...)",
+    "threads_per_server": "cluster=Cluster(threads_per_server=...)",
+    "noise_seed": "experiment=ExperimentOptions(noise_seed=...)",
+    "share_seed": "experiment=ExperimentOptions(share_seed=...)",
+    "stacking": "experiment=ExperimentOptions(stacking=...)",
+}
+
+
+class EnsembleClosedError(RuntimeError):
+    """The ensemble was closed; create a new one."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one prediction call cost.
+
+    ``rounds`` and ``mpc_seconds`` are those of the MPC batch(es) that carried
+    the call (per server; equal on all servers), ``batches`` how many there
+    were and ``batch_queries`` the rows of the largest (other clients' rows
+    included, under dynamic batching); ``bytes_sent`` is summed over the
+    servers and pro-rated to this call's rows; ``reveals`` counts client
+    reconstructions and ``server_decodes`` plaintext decodes on servers (0 by
+    design).
+    """
+
+    queries: int
+    seconds: float
+    mpc_seconds: float
+    rounds: int
+    bytes_sent: float
+    reveals: int
+    server_decodes: int
+    batches: int = 1
+    batch_queries: int = 0
+
+    @property
+    def seconds_per_query(self) -> float:
+        return self.seconds / self.queries
+
+    @property
+    def bytes_per_query(self) -> float:
+        return self.bytes_sent / self.queries
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The client's view of one prediction call: labels (-1 = abstain) and its cost."""
+
+    labels: np.ndarray
+    cost: Cost
+
+
+def _checked(value: Any, kind: type, name: str) -> Any:
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a pricure_crypten.{kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+class PrivateEnsemble:
+    """PRICURE on CrypTen: K owners' models, N servers, DP-noised aggregation, one reveal per call.
+
+    Args:
+        owners: the model owners (K >= 1), each with an ordinary ``torch.nn``
+            model; owners with the same architecture are evaluated stacked.
+        aggregation: what is released and its privacy (:class:`~pricure_crypten.config.Aggregation`;
+            default: votes, Laplace noise at epsilon 1 per query).
+        cluster: servers, dealer and failure bounds (:class:`~pricure_crypten.config.Cluster`;
+            default: 2 servers and a dealer).
+        batching: how concurrent calls share MPC batches (:class:`~pricure_crypten.config.Batching`).
+        ledger: optional privacy ledger (:class:`~pricure_crypten.privacy.accounting.PrivacyLedger`);
+            when given, every query is charged to the calling client's budget.
+        experiment: benchmark/test switches (:class:`~pricure_crypten.config.ExperimentOptions`).
+
+    Who sees what: this object (the caller's process) holds the owners'
+    plaintext models and routes shares; the server processes see only shares;
+    only ``Client.reveal`` reconstructs, and only the calling client's rows.
+    """
+
+    def __init__(
+        self,
+        owners: Sequence[ModelOwner],
+        *,
+        aggregation: Aggregation | None = None,
+        cluster: Cluster | None = None,
+        batching: Batching | None = None,
+        ledger: Any = None,
+        experiment: ExperimentOptions | None = None,
+        **moved: Any,
+    ) -> None:
+        for name in moved:
+            hint = _MOVED.get(name)
+            raise TypeError(f"PrivateEnsemble got an unexpected keyword argument {name!r}"
+                            + (f"; it moved: use {hint}" if hint else ""))
+        self.owners = list(owners) if isinstance(owners, (list, tuple)) else owners
+        self.input_shape, self.num_classes = check_owners(self.owners)
+        self.aggregation = _checked(aggregation, Aggregation, "aggregation")
+        self.cluster_config = _checked(cluster, Cluster, "cluster")
+        self.batching = _checked(batching, Batching, "batching")
+        self.experiment = _checked(experiment, ExperimentOptions, "experiment")
+        if ledger is not None and not callable(getattr(ledger, "spend", None)):
+            raise TypeError(f"ledger must be a PrivacyLedger (with a spend() method), not {type(ledger).__name__}")
+        self.ledger = ledger
+        seed = self.experiment.share_seed
+        self._share_rng = SecureRandom(seed=seed) if seed is not None else SecureRandom()
+        self._cluster = ServerCluster(self.cluster_config)
+        self._scheduler = RequestScheduler(self._run_batch, self.batching, self.num_servers)
+        self._lifecycle = threading.RLock()
+        self._loaded_launch = 0  # the cluster launch the owners' shares were loaded into
+        self._closed = False
+
+    @property
+    def num_servers(self) -> int:
+        return self.cluster_config.num_servers
+
+    @property
+    def mechanism(self) -> Any:
+        """The calibrated noise mechanism (what each answered query costs)."""
+        return self.aggregation.noise
+
+    # -- lifecycle --
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnsembleClosedError("this PrivateEnsemble is closed; create a new one")
+
+    def start(self) -> "PrivateEnsemble":
+        """Launch the servers and the dealer (again, after a failure); every owner sends fresh shares."""
+        self._check_open()
+        with self._lifecycle:
+            if self._cluster.running and self._loaded_launch == self._cluster.launches:
+                return self
+            self._cluster.start()
+            per_server: list[list] = [[] for _ in range(self.num_servers)]
+            for owner in self.owners:
+                for server, bundle in enumerate(owner.share(num_servers=self.num_servers, rng=self._share_rng)):
+                    per_server[server].append(bundle)
+            settings = dict(
+                aggregation=self.aggregation.method, mechanism=self.aggregation.noise,
+                colluding=self.cluster_config.colluding, logit_bound=self.aggregation.logit_bound,
+                noise_seed=self.experiment.noise_seed, stacking=self.experiment.stacking,
+            )
+            self._cluster.request("load", [dict(settings, bundles=b) for b in per_server])
+            self._loaded_launch = self._cluster.launches
+        return self
+
+    def close(self) -> None:
+        """Stop the servers and the dealer; fail queued calls. Idempotent, final, interrupt-safe."""
+        with self._lifecycle:
+            self._closed = True
+            try:
+                self._scheduler.close()
+            finally:
+                self._cluster.close()
+        self._scheduler.join(timeout=30)
+
+    def __enter__(self) -> "PrivateEnsemble":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def cluster(self) -> ServerCluster:
+        return self._cluster
+
+    def server_info(self) -> list[dict]:
+        """Public facts each server reports about itself (pid, tuple provider, decode count, memory)."""
+        self.start()
+        return self._cluster.broadcast("info")
+
+    # -- the query path --
+
+    def _run_batch(self, shares: list[np.ndarray]) -> list[dict]:
+        """One MPC batch (called by the scheduler's worker thread only)."""
+        self.start()  # relaunches and reloads after a failure
+        return self._cluster.request("predict", [{"query_share": s} for s in shares])
+
+    def predict(self, queries: torch.Tensor | np.ndarray, *, client: Client | None = None) -> Prediction:
+        """Private labels for a batch of queries, revealed to ``client`` only. Thread-safe.
+
+        Raises (before any MPC work, nothing revealed, nothing charged):
+            TypeError / ValueError for a malformed batch or client;
+            :class:`EnsembleClosedError` after :meth:`close`; the ledger's
+            ``BudgetExceededError`` when the batch does not fit the budget.
+            A failure inside the MPC (:class:`ServerError`) reveals nothing
+            and is not charged (the ledger's reservation is rolled back); the
+            next call relaunches the cluster.
+        """
+        start = time.perf_counter()
+        client = client if client is not None else Client()
+        if not isinstance(client, Client):
+            raise TypeError(f"client must be a pricure_crypten.Client, not {type(client).__name__}")
+        batch = Client.check_queries(queries, self.input_shape)
+        if batch.shape[0] > self.batching.max_queries:
+            raise ValueError(f"the batch has {batch.shape[0]} queries, more than Batching.max_queries = "
+                             f"{self.batching.max_queries}; split it into several calls")
+        self._check_open()
+        spend = (
+            self.ledger.spend(client.name, self.mechanism, queries=batch.shape[0])
+            if self.ledger is not None else contextlib.nullcontext()
+        )
+        # Entering reserves the budget (committed) or raises BudgetExceededError;
+        # an exception inside rolls the reservation back: nothing was revealed.
+        with spend as reservation:
+            shares = client.share_queries(batch, num_servers=self.num_servers)
+            future = self._scheduler.submit(shares, batch.shape[0])
+            try:
+                result = future.result()
+            except BaseException:
+                future.cancel()  # interrupted while queued: never computed
+                raise
+            if reservation is not None:
+                reservation.confirm()  # committed before the client receives anything
+        reveals_before = client.reveals
+        labels = client.reveal(result.label_shares)
+        cost = Cost(
+            queries=batch.shape[0],
+            seconds=time.perf_counter() - start,
+            mpc_seconds=result.mpc_seconds,
+            rounds=result.rounds,
+            bytes_sent=result.bytes_sent,
+            reveals=client.reveals - reveals_before,
+            server_decodes=result.decodes,
+            batches=result.batches,
+            batch_queries=result.batch_rows,
+        )
+        return Prediction(labels=labels, cost=cost)
+
+
+__all__ = ["Cost", "EnsembleClosedError", "Prediction", "PrivateEnsemble", "ServerError"]

@@ -1,0 +1,204 @@
+"""Concurrent clients: one agreed order, dynamic batching, and each client's own rows only.
+
+Any number of threads (clients) call :meth:`RequestScheduler.submit` at once.
+Each request is queued in arrival order with its own id; one worker thread
+takes requests in that order and runs MPC batches one at a time, so all
+servers compute the same batches in the same order. With dynamic batching,
+the rows of the waiting requests are packed into one MPC batch of at most
+``max_rows`` rows (a larger request is split across consecutive batches):
+concatenating shares row-wise is local, and a row's result depends only on
+that row, so packing changes nothing but the speed. The label shares that
+come back are cut at the same row boundaries, and each request's future
+receives exactly its own rows, nothing else.
+
+Who sees what: the scheduler lives with the launcher and sees only shares
+and public figures; it never reconstructs anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..config import Batching
+
+#: run_batch(query shares per server) -> one reply per server, each a dict with
+#: "label_share" (rows, C) and public figures "rounds", "bytes", "seconds", "decodes".
+RunBatch = Callable[[list[np.ndarray]], list[dict]]
+
+
+class SchedulerClosedError(RuntimeError):
+    """The ensemble was closed while this request waited; nothing was computed for it."""
+
+
+@dataclass
+class RequestResult:
+    """What one request gets back: its own label shares (one array per server) and public figures."""
+
+    request_id: int
+    label_shares: list[np.ndarray]
+    batches: int
+    batch_rows: int
+    rounds: int
+    bytes_sent: float
+    mpc_seconds: float
+    decodes: int
+
+
+@dataclass
+class _Request:
+    request_id: int
+    shares: list[np.ndarray]
+    rows: int
+    future: Future
+    next_row: int = 0
+    parts: list[list[np.ndarray]] = field(default_factory=list)  # per batch: one slice per server
+    batches: int = 0
+    batch_rows: int = 0
+    rounds: int = 0
+    bytes_sent: float = 0.0
+    mpc_seconds: float = 0.0
+    decodes: int = 0
+
+
+class RequestScheduler:
+    """Serialises and packs concurrent prediction requests into MPC batches.
+
+    Args:
+        run_batch: runs one MPC batch on every server (see :data:`RunBatch`).
+        batching: the packing policy (:class:`~pricure_crypten.config.Batching`).
+        num_servers: N (one share per server per request).
+    """
+
+    def __init__(self, run_batch: RunBatch, batching: Batching, num_servers: int) -> None:
+        self._run_batch = run_batch
+        self.batching = batching
+        self.num_servers = num_servers
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._condition = threading.Condition()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self.batches_run = 0
+
+    def submit(self, shares: Sequence[np.ndarray], rows: int) -> Future:
+        """Queue one request (its query shares, one per server); the future resolves to a :class:`RequestResult`."""
+        if len(shares) != self.num_servers or any(s.shape[0] != rows for s in shares):
+            raise ValueError(f"need one share of {rows} rows per server ({self.num_servers})")
+        future: Future = Future()
+        with self._condition:
+            if self._closed:
+                raise SchedulerClosedError("the ensemble is closed")
+            self._pending.append(_Request(next(self._ids), list(shares), rows, future))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="pricure-scheduler", daemon=True)
+                self._worker.start()
+            self._condition.notify_all()
+        return future
+
+    def close(self) -> None:
+        """Accept nothing more; fail what is still queued (not computed, so nothing to roll back)."""
+        with self._condition:
+            self._closed = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._condition.notify_all()
+        for request in dropped:
+            if not request.future.done() and (request.next_row > 0 or request.future.set_running_or_notify_cancel()):
+                request.future.set_exception(SchedulerClosedError("the ensemble was closed before this request ran"))
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout)
+
+    # -- the worker --
+
+    def _queued_rows(self) -> int:
+        return sum(r.rows - r.next_row for r in self._pending)
+
+    def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
+        """Wait for work; return [(request, first row, last row)] in arrival order, or None when closed."""
+        with self._condition:
+            while not self._pending and not self._closed:
+                self._condition.wait()
+            if self._closed:
+                return None
+            if self.batching.enabled and self.batching.window > 0:
+                deadline = time.monotonic() + self.batching.window
+                while self._queued_rows() < self.batching.max_rows and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._condition.wait(remaining)
+                if self._closed:
+                    return None
+            batch: list[tuple[_Request, int, int]] = []
+            capacity = self.batching.max_rows
+            for request in list(self._pending):
+                if request.next_row == 0 and not request.future.set_running_or_notify_cancel():
+                    self._pending.remove(request)  # cancelled while queued: its caller is gone
+                    continue
+                take = min(capacity, request.rows - request.next_row)
+                batch.append((request, request.next_row, request.next_row + take))
+                request.next_row += take
+                capacity -= take
+                if not self.batching.enabled or capacity == 0:
+                    break
+            for request, _, stop in batch:
+                if stop == request.rows:
+                    self._pending.remove(request)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            shares = [np.concatenate([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
+            try:
+                replies = self._run_batch(shares)
+            except BaseException as error:  # noqa: BLE001 - handed to every request of the batch
+                self._fail([r for r, _, _ in batch], error)
+                continue
+            self.batches_run += 1
+            self._deliver(batch, replies)
+
+    def _fail(self, requests: list[_Request], error: BaseException) -> None:
+        with self._condition:
+            for request in requests:
+                if request in self._pending:  # its other rows must not run either
+                    self._pending.remove(request)
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[dict]) -> None:
+        total = sum(b - a for _, a, b in batch)
+        offset = 0
+        for request, start, stop in batch:
+            rows = stop - start
+            request.parts.append([reply["label_share"][offset:offset + rows] for reply in replies])
+            offset += rows
+            request.batches += 1
+            request.batch_rows = max(request.batch_rows, total)
+            request.rounds += max(int(reply["rounds"]) for reply in replies)
+            request.bytes_sent += sum(int(reply["bytes"]) for reply in replies) * rows / total
+            request.mpc_seconds += max(float(reply["seconds"]) for reply in replies)
+            request.decodes += sum(int(reply["decodes"]) for reply in replies)
+            if stop == request.rows and not request.future.done():
+                label_shares = [np.concatenate([part[server] for part in request.parts])
+                                for server in range(self.num_servers)]
+                request.future.set_result(RequestResult(
+                    request_id=request.request_id, label_shares=label_shares, batches=request.batches,
+                    batch_rows=request.batch_rows, rounds=request.rounds, bytes_sent=request.bytes_sent,
+                    mpc_seconds=request.mpc_seconds, decodes=request.decodes,
+                ))
