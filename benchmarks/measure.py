@@ -5,9 +5,11 @@ Private figures come from :class:`pricure_crypten.Cost` of each measured
 client's sharing, the MPC, the reveal) divided by the batch size gives
 seconds per query; ``mpc_seconds`` is the slowest server's time for the
 batch; ``rounds`` (per server) and ``bytes_sent`` (summed over the servers)
-are deterministic for a configuration. Every ensemble is started once per
-point; the first ``predict`` of each batch size is a warm-up and is not
-measured; then ``repeats`` calls are measured. The scaling sweeps use
+are deterministic for a configuration. Each call is exactly one MPC batch
+(dynamic batching off and ``max_rows`` at least the largest batch: there is
+one client, so nothing to merge and no batching window to wait for). Every
+ensemble is started once per point; the first ``predict`` of each batch size
+is a warm-up and is not measured; then ``repeats`` calls are measured. The scaling sweeps use
 Laplace noise at epsilon = 1 with vote aggregation (the noise costs the same
 at any epsilon).
 """
@@ -22,8 +24,17 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 from torch import nn
 
-from pricure_crypten import Client, ModelOwner, PrivateEnsemble, reference
-from pricure_crypten.noise import calibrate
+from pricure_crypten import (
+    Aggregation,
+    Batching,
+    Client,
+    Cluster,
+    ExperimentOptions,
+    ModelOwner,
+    PrivateEnsemble,
+    calibrate,
+)
+from pricure_crypten.experiments import reference
 
 from .memory import largest_peak_mib
 
@@ -59,7 +70,7 @@ class PrivateTiming:
     seconds_per_query: Spread
     mpc_seconds_per_batch: Spread
     rounds_per_batch: int
-    bytes_per_batch: int
+    bytes_per_batch: float
     server_peak_mib: float | None
     dealer_peak_mib: float | None
 
@@ -85,8 +96,13 @@ def time_private(
     """
     client = Client("bench")
     begin = time.perf_counter()
-    with PrivateEnsemble(owners, num_servers=num_servers, epsilon=1.0, mechanism="laplace",
-                         aggregation="vote", stacking=stacking) as ensemble:
+    with PrivateEnsemble(
+        owners,
+        aggregation=Aggregation(method="vote", noise=calibrate(epsilon=1.0, mechanism="laplace", aggregation="vote")),
+        cluster=Cluster(num_servers=num_servers),
+        batching=Batching(enabled=False, max_rows=max([256, *map(len, batches)])),
+        experiment=ExperimentOptions(stacking=stacking),
+    ) as ensemble:
         startup = time.perf_counter() - begin
         for queries in sorted(batches, key=len):
             ensemble.predict(queries, client=client)  # warm-up, not measured

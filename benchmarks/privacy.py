@@ -1,7 +1,7 @@
 """Private accuracy vs epsilon per query, on trained owners (the ``privacy`` suite).
 
 Per dataset: K = 10 owners train on Dirichlet(alpha = 1.0) label-skewed
-shards of the training split (:func:`pricure_crypten.training.train_owners`,
+shards of the training split (:func:`pricure_crypten.experiments.training.train_owners`,
 default architecture: an MLP for breast-cancer, the small CNN for
 PneumoniaMNIST). The test split (optionally capped) is the query set. For
 every (aggregation, mechanism, epsilon), ONE ensemble (N = 2 servers and the
@@ -12,7 +12,8 @@ that run is made once per aggregation and reported under both mechanisms.
 Reference columns, all plaintext (evaluation only): the noiseless plaintext
 ensemble, the best and mean single owner, and ``reference_noisy_accuracy``,
 the mean accuracy of the plaintext histogram with the same calibrated noise
-(diffprivlib) over :data:`REFERENCE_DRAWS` draws: the expected value of the
+(simulated as the servers draw it, :func:`pricure_crypten.experiments.reference.noisy_argmax`)
+over :data:`REFERENCE_DRAWS` draws: the expected value of the
 private accuracy, which is itself one draw.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,11 +30,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pricure_crypten import Client, ModelOwner, PrivateEnsemble, reference
-from pricure_crypten.data import DatasetNotFoundError, load_dataset
-from pricure_crypten.noise import calibrate
-from pricure_crypten.partition import partition
-from pricure_crypten.training import accuracy, train_owners
+from pricure_crypten import (
+    Aggregation,
+    Batching,
+    Client,
+    Cluster,
+    ExperimentOptions,
+    InsecureSeedWarning,
+    ModelOwner,
+    PrivateEnsemble,
+    calibrate,
+)
+from pricure_crypten.experiments import reference
+from pricure_crypten.experiments.data import DatasetNotFoundError, load_dataset
+from pricure_crypten.experiments.partition import partition
+from pricure_crypten.experiments.training import accuracy, train_owners
 
 from .memory import cumulative_peaks, largest_peak_mib
 from .grid import Grid
@@ -88,9 +100,15 @@ def _private_run(setup: Setup, aggregation: str, mechanism: str, epsilon: float,
                  seed: int) -> dict[str, Any]:
     begin = time.perf_counter()
     client = Client("bench")
-    with PrivateEnsemble(setup.owners, num_servers=NUM_SERVERS, epsilon=epsilon, mechanism=mechanism,
-                         aggregation=aggregation, noise_seed=f"{seed}/{setup.dataset}/{aggregation}/"
-                         f"{mechanism}/{epsilon}") as ensemble:
+    with warnings.catch_warnings():
+        # A fixed noise seed is deliberate here: reproducible benchmark runs, never a deployment.
+        warnings.simplefilter("ignore", InsecureSeedWarning)
+        experiment = ExperimentOptions(noise_seed=f"{seed}/{setup.dataset}/{aggregation}/{mechanism}/{epsilon}")
+    noise = calibrate(epsilon=epsilon, mechanism=mechanism, aggregation=aggregation)
+    with PrivateEnsemble(setup.owners, aggregation=Aggregation(method=aggregation, noise=noise),
+                         cluster=Cluster(num_servers=NUM_SERVERS),
+                         batching=Batching(enabled=False, max_rows=max(256, batch_size)),
+                         experiment=experiment) as ensemble:
         predictions = [ensemble.predict(setup.queries[i:i + batch_size], client=client)
                        for i in range(0, len(setup.queries), batch_size)]
         peaks = (largest_peak_mib(ensemble.cluster.server_pids), largest_peak_mib([ensemble.cluster.dealer_pid]))

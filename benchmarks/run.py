@@ -22,13 +22,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .env import REPO_ROOT, environment
 from .grid import Grid, select
+from .mia import mia_report, mia_suite
 from .netmodel import NETWORKS
 from .plots import make_plots
 from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
 
-SUITES = ("owners", "servers", "batch", "privacy")
+SUITES = ("owners", "servers", "batch", "privacy", "mia")
+DEFAULT_SUITES = ("owners", "servers", "batch", "privacy")  # "mia" (attacks, minutes) only when asked for
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
 
@@ -43,8 +45,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description="Run the pricure-crypten benchmark suites: CSVs, plots, summary.md.")
-    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(SUITES),
-                        help="which suites to run (default: all)")
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
+                        help="which suites to run (default: all but mia; --suite mia runs the membership-inference attacks)")
     parser.add_argument("--quick", action="store_true", help="the reduced sweep (a few minutes)")
     parser.add_argument("--repeats", type=_positive, default=None,
                         help="measured calls per point after the warm-up (default: 3, quick: 1)")
@@ -70,13 +72,15 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "batch": lambda: batch_suite(grid, seed=args.seed),
         "privacy": lambda: privacy_suite(grid, seed=args.seed, root=args.data_root, batch_size=args.privacy_batch,
                                          max_queries=args.privacy_max_queries),
+        "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
     }
     return runners[name]()
 
 
 def _write_report(results: dict[str, list[dict[str, Any]]], env: dict[str, Any], out: Path) -> None:
     plots = make_plots(results, out)
-    (out / "summary.md").write_text(summary_markdown(results, env, plots))
+    mia_plots, mia_section = mia_report(results.get("mia"), out)
+    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + mia_section)
 
 
 def _replot(out: Path) -> int:

@@ -2,7 +2,7 @@
 
 Time, rounds and bytes of the protocol do not depend on the weights' values,
 so the owners/servers/batch sweeps use untrained copies of the reference CNN
-(:func:`pricure_crypten.models.small_cnn`: conv 5x5 with 8 channels, ReLU,
+(:func:`pricure_crypten.experiments.models.small_cnn`: conv 5x5 with 8 channels, ReLU,
 avgpool 2, dense 32, ReLU, dense 2) on 1x28x28 inputs, each owner seeded.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from pricure_crypten import ModelOwner
-from pricure_crypten.models import build_model
+from pricure_crypten.experiments.models import build_model
 
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 2

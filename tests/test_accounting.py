@@ -12,7 +12,7 @@ from dp_accounting.rdp import RdpAccountant as DpRdpAccountant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pricure_crypten.accounting import (
+from pricure_crypten.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_SLACK,
     AdvancedAccountant,
@@ -23,8 +23,8 @@ from pricure_crypten.accounting import (
     ReleaseCost,
     make_accountant,
 )
-from pricure_crypten.accounting.pld import DEFAULT_VALUE_DISCRETIZATION_INTERVAL
-from pricure_crypten.noise import NoNoise, calibrate
+from pricure_crypten.privacy.accounting.pld import DEFAULT_VALUE_DISCRETIZATION_INTERVAL
+from pricure_crypten.privacy.noise import NoNoise, calibrate
 
 DELTA = 1e-5
 ADD_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE

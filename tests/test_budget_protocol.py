@@ -11,9 +11,19 @@ import pytest
 import torch
 from scipy import stats
 
-from pricure_crypten import Client, PrivateEnsemble, ServerError, reference
-from pricure_crypten.accounting import BudgetExceededError, PrivacyLedger
-from pricure_crypten.noise import ConfidentGNMax
+from pricure_crypten import (
+    Aggregation,
+    Client,
+    Cluster,
+    ExperimentOptions,
+    InsecureSeedWarning,
+    PrivateEnsemble,
+    ServerError,
+    calibrate,
+)
+from pricure_crypten.experiments import reference
+from pricure_crypten.privacy.accounting import BudgetExceededError, PrivacyLedger
+from pricure_crypten.privacy.noise import ConfidentGNMax
 from tests.helpers import constant_owners
 
 pytestmark = pytest.mark.mpc
@@ -22,14 +32,16 @@ pytestmark = pytest.mark.mpc
 def test_budget_is_charged_before_release_refused_before_mpc_and_not_charged_on_failure(tmp_path):
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite3", total_epsilon=5.0, accountant="basic")
     client = Client("alice")
-    over = PrivateEnsemble(constant_owners([0, 1], 2), num_servers=2, epsilon=1.0, ledger=ledger)
+    over = PrivateEnsemble(constant_owners([0, 1], 2), aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                           cluster=Cluster(num_servers=2), ledger=ledger)
     with pytest.raises(BudgetExceededError):
         over.predict(torch.zeros(6, 2), client=client)  # 6 queries x epsilon 1 > 5
     assert not over.cluster.running  # refused before any server was started
     status = ledger.status("alice")
     assert status.spent_epsilon == 0 and status.refused_queries >= 1 and client.reveals == 0
 
-    ensemble = PrivateEnsemble(constant_owners([0, 1], 2), num_servers=2, epsilon=1.0, ledger=ledger)
+    ensemble = PrivateEnsemble(constant_owners([0, 1], 2), aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                               cluster=Cluster(num_servers=2), ledger=ledger)
     try:
         prediction = ensemble.predict(torch.zeros(2, 2), client=client)
         assert prediction.cost.reveals == 1
@@ -61,8 +73,8 @@ def test_confident_gnmax_validates():
     with pytest.raises(ValueError, match="delta must be > 0"):
         ConfidentGNMax(threshold=1, sigma_threshold=1, sigma=1, delta=0.0)
     with pytest.raises(ValueError, match="aggregation='vote'"):
-        PrivateEnsemble(constant_owners([0], 2), aggregation="softmax",
-                        noise=ConfidentGNMax(threshold=1, sigma_threshold=1, sigma=1))
+        PrivateEnsemble(constant_owners([0], 2), aggregation=Aggregation(
+            method="softmax", noise=ConfidentGNMax(threshold=1, sigma_threshold=1, sigma=1)))
 
 
 def test_confident_gnmax_event_composes_both_gaussian_steps():
@@ -83,7 +95,10 @@ def test_confident_gnmax_in_mpc_matches_the_plaintext_reference_in_distribution(
     counts = np.bincount(votes, minlength=3).astype(float)
     mechanism = ConfidentGNMax(threshold=4.0, sigma_threshold=1.0, sigma=1.0)
     draws = 2000
-    with PrivateEnsemble(constant_owners(votes, 3), num_servers=3, noise=mechanism, noise_seed="gnmax") as ens:
+    with pytest.warns(InsecureSeedWarning, match="noise_seed"):
+        experiment = ExperimentOptions(noise_seed="gnmax")
+    with PrivateEnsemble(constant_owners(votes, 3), aggregation=Aggregation(noise=mechanism),
+                         cluster=Cluster(num_servers=3), experiment=experiment) as ens:
         labels = ens.predict(torch.zeros(draws, 2)).labels
     outcomes = [-1, 0, 1, 2]
 

@@ -14,11 +14,12 @@ from tests.helpers import run_fresh_python
 
 
 def test_patches_applied_on_this_torch():
+    # The layer is applied on the first ``import crypten`` after ``import pricure_crypten``.
+    import crypten  # noqa: F401  (works after import pricure_crypten)
+
     major, minor = (int(p) for p in torch.__version__.split(".")[:2])
     if (major, minor) >= (2, 9):
         assert pricure_crypten.applied_patches() == ["onnx-registration-alias", "from-pytorch-torchscript-exporter"]
-    import crypten  # noqa: F401  (works after import pricure_crypten)
-
     assert "torch.onnx._internal.registration" in sys.modules
 
 

@@ -1,4 +1,4 @@
-"""Tests of dataset loading (pricure_crypten.data) and partitioning (pricure_crypten.partition)."""
+"""Tests of dataset loading (pricure_crypten.experiments.data) and partitioning (pricure_crypten.experiments.partition)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
-from pricure_crypten.data import Dataset, DatasetNotFoundError, available_datasets, load_dataset
-from pricure_crypten.partition import describe_partition, partition
+from pricure_crypten.experiments.data import Dataset, DatasetNotFoundError, available_datasets, load_dataset
+from pricure_crypten.experiments.partition import describe_partition, partition
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 needs_pneumonia = pytest.mark.skipif(

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from pricure_crypten import Aggregation, calibrate
 from pricure_crypten.cli import main
-from pricure_crypten.demo import DemoConfig, format_table, run_demo
+from pricure_crypten.experiments.demo import DemoConfig, format_table, run_demo
 from tests.helpers import REPO, SHARED_DATA
 
 REQUIRED_KEYS = {
@@ -40,7 +41,8 @@ def test_demo_json_without_noise_matches_the_plaintext_ensemble():
 
 @pytest.mark.mpc
 def test_demo_with_noise_reports_the_privacy_spent():
-    result = run_demo(DemoConfig(dataset="digits", owners=3, queries=12, batch_size=6, epsilon=2.0, quiet=True))
+    result = run_demo(DemoConfig(dataset="digits", owners=3, queries=12, batch_size=6,
+                                 aggregation=Aggregation(noise=calibrate(epsilon=2.0)), quiet=True))
     assert result["batches"] == 2 and result["reveals_per_batch"] == 1
     assert result["client_spent_epsilon"] <= 12 * 2.0 + 1e-9  # never above basic composition
     assert 0.0 <= result["private_accuracy"] <= 1.0
@@ -52,7 +54,7 @@ def test_demo_with_noise_reports_the_privacy_spent():
 @pytest.mark.skipif(not (SHARED_DATA / "pneumoniamnist.npz").exists(), reason="shared PneumoniaMNIST file absent")
 def test_demo_on_pneumoniamnist_beats_080_in_plaintext():
     result = run_demo(DemoConfig(dataset="pneumoniamnist", data_root=str(SHARED_DATA), owners=10,
-                                 epsilon=float("inf"), quiet=True))
+                                 aggregation=Aggregation(noise=calibrate(epsilon=float("inf"))), quiet=True))
     assert result["plaintext_ensemble_accuracy"] >= 0.80
     assert result["private_accuracy"] == result["plaintext_ensemble_accuracy"]
 

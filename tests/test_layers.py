@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner, UnsupportedLayerError
-from pricure_crypten.layers import convert
+from pricure_crypten.mpc.layers import convert
 
 
 def _plain_forward(specs, x):
@@ -92,7 +92,7 @@ def test_owner_checks_output_shape_against_classes():
 
 
 def test_owner_shares_are_one_bundle_per_server_and_reconstruct():
-    from pricure_crypten.sharing import reconstruct
+    from pricure_crypten.mpc.sharing import reconstruct
 
     torch.manual_seed(1)
     owner = ModelOwner(name="a", model=nn.Sequential(nn.Linear(4, 3)), input_shape=(4,), num_classes=3)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pricure_crypten.accounting import (
+from pricure_crypten.privacy.accounting import (
     ENV_VAR,
     SCHEMA_VERSION,
     BudgetExceededError,
@@ -27,9 +27,9 @@ from pricure_crypten.accounting import (
     PrivacyLedger,
     default_ledger_path,
 )
-from pricure_crypten.accounting import ledger as ledger_module
-from pricure_crypten.accounting.cli import budget_main
-from pricure_crypten.noise import calibrate
+from pricure_crypten.privacy.accounting import ledger as ledger_module
+from pricure_crypten.privacy.accounting.cli import budget_main
+from pricure_crypten.privacy.noise import calibrate
 
 LAPLACE_1 = calibrate(epsilon=1.0)
 CHILD_TIMEOUT = 120
@@ -187,8 +187,8 @@ def test_confirm_after_a_reset_refuses_to_release(path, caplog):
 # ---------------------------------------------------------------- crash (SIGKILL)
 _STREAM_CHILD = textwrap.dedent("""
     import random, sys, time
-    from pricure_crypten.accounting import PrivacyLedger
-    from pricure_crypten.noise import calibrate
+    from pricure_crypten.privacy.accounting import PrivacyLedger
+    from pricure_crypten.privacy.noise import calibrate
     ledger = PrivacyLedger(sys.argv[1], total_epsilon=float("inf"), accountant="basic")
     mech = calibrate(epsilon=0.5)
     print("ready", flush=True)
@@ -203,8 +203,8 @@ _STREAM_CHILD = textwrap.dedent("""
 
 _HANG_CHILD = textwrap.dedent("""
     import sys, time
-    from pricure_crypten.accounting import PrivacyLedger
-    from pricure_crypten.noise import calibrate
+    from pricure_crypten.privacy.accounting import PrivacyLedger
+    from pricure_crypten.privacy.noise import calibrate
     ledger = PrivacyLedger(sys.argv[1], total_epsilon=5.0, accountant="basic")
     with ledger.spend("bob", calibrate(epsilon=1.0), queries=3) as spend:
         print("reserved", flush=True)
@@ -274,9 +274,9 @@ def test_sigkill_between_reserve_and_confirm_keeps_the_reservation(path):
 # --------------------------------------------------------------- concurrency
 _RACE_CHILD = textwrap.dedent("""
     import os, sys, time
-    from pricure_crypten.accounting import BudgetExceededError, PrivacyLedger
-    from pricure_crypten.accounting import ledger as ledger_module
-    from pricure_crypten.noise import calibrate
+    from pricure_crypten.privacy.accounting import BudgetExceededError, PrivacyLedger
+    from pricure_crypten.privacy.accounting import ledger as ledger_module
+    from pricure_crypten.privacy.noise import calibrate
     path, go = sys.argv[1], sys.argv[2]
     ledger = PrivacyLedger(path, total_epsilon=3.0, accountant="basic")
     evaluate = ledger_module.PrivacyLedger._evaluate
@@ -548,7 +548,7 @@ def test_reset_needs_admin_and_reason_and_is_audited(path, caplog):
         assert ledger.status("alice").spent_epsilon == 2.0  # nothing happened so far
         assert ledger.audit_log() == []
 
-        with caplog.at_level(logging.WARNING, logger="pricure_crypten.accounting.ledger"):
+        with caplog.at_level(logging.WARNING, logger="pricure_crypten.privacy.accounting.ledger"):
             before = ledger.reset("alice", admin="ops-oncall", reason="ticket 123: new data-use agreement")
         assert (before.spent_epsilon, before.answered_queries, before.refused_queries) == (2.0, 2, 1)
         assert "RESET by 'ops-oncall'" in caplog.text and "ticket 123" in caplog.text

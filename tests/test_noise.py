@@ -9,8 +9,8 @@ import pytest
 from diffprivlib.mechanisms import GaussianAnalytic
 from scipy import stats
 
-from pricure_crypten.noise import GaussianNoise, LaplaceNoise, NoNoise, calibrate
-from pricure_crypten.randomness import SecureRandom
+from pricure_crypten.privacy.noise import GaussianNoise, LaplaceNoise, NoNoise, calibrate
+from pricure_crypten.mpc.randomness import SecureRandom
 
 DRAWS = 20_000
 
@@ -117,7 +117,7 @@ def test_csprng_gamma_and_normal_are_exact(k):
 
 @pytest.mark.parametrize("mechanism", MECHANISMS, ids=lambda m: m.name)
 def test_noise_partials_come_from_the_os_csprng_by_default(mechanism, monkeypatch):
-    from pricure_crypten import randomness
+    from pricure_crypten.mpc import randomness
 
     calls = []
     real = randomness.os.urandom

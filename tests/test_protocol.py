@@ -12,10 +12,21 @@ import torch
 from scipy import stats
 from torch import nn
 
-from pricure_crypten import Client, ModelOwner, PrivateEnsemble, ServerError, UnsupportedLayerError, reference
-from pricure_crypten.dealer import InsecureProviderWarning
-from pricure_crypten.noise import calibrate
-from pricure_crypten.servers import ServerCluster
+from pricure_crypten import (
+    Aggregation,
+    Client,
+    Cluster,
+    ExperimentOptions,
+    InsecureSeedWarning,
+    ModelOwner,
+    PrivateEnsemble,
+    ServerError,
+    UnsupportedLayerError,
+    calibrate,
+)
+from pricure_crypten.config import InsecureProviderWarning
+from pricure_crypten.experiments import reference
+from pricure_crypten.parties.cluster import ServerCluster
 from tests.helpers import constant_owners
 
 pytestmark = pytest.mark.mpc
@@ -37,7 +48,8 @@ def test_no_noise_private_equals_plaintext_ensemble(digits, digits_owners, num_o
     logits = reference.ensemble_logits([o.model for o in owners], queries)
     counts = reference.histogram(logits, aggregation=aggregation)
     expected = reference.noisy_argmax(counts, aggregation=aggregation, mechanism=calibrate(epsilon=float("inf")))
-    with PrivateEnsemble(owners, num_servers=num_servers, epsilon=float("inf"), aggregation=aggregation) as ens:
+    no_noise = Aggregation(method=aggregation, noise=calibrate(epsilon=float("inf"), aggregation=aggregation))
+    with PrivateEnsemble(owners, aggregation=no_noise, cluster=Cluster(num_servers=num_servers)) as ens:
         prediction = ens.predict(queries)
     # Vote counts are integers: any unique winner must match. Softmax sums go
     # through CrypTen's exp/reciprocal approximations: compare where the
@@ -49,8 +61,16 @@ def test_no_noise_private_equals_plaintext_ensemble(digits, digits_owners, num_o
 
 
 def _reference_labels(counts, mechanism, draws, seed):
-    return reference.noisy_argmax(np.tile(counts, (draws, 1)), aggregation="vote", mechanism=mechanism,
-                                  random_state=seed)
+    """An independent numpy reference: the calibrated noise (scale ``mechanism.scale``) added to
+    every count, then the argmax (no code of the package involved)."""
+    rng = np.random.default_rng(seed)
+    shape = (draws, counts.size)
+    if mechanism.name == "laplace":
+        noise = rng.laplace(0.0, mechanism.scale, size=shape)
+    else:
+        assert mechanism.name == "gaussian"
+        noise = rng.normal(0.0, mechanism.scale, size=shape)
+    return np.argmax(counts + noise, axis=-1)
 
 
 @pytest.mark.slow
@@ -62,8 +82,11 @@ def test_noisy_labels_follow_the_reference_mechanism(mechanism_name, num_servers
     owners = constant_owners(votes, 3)
     counts = np.bincount(votes, minlength=3).astype(float)
     draws = 2000
-    with PrivateEnsemble(owners, num_servers=num_servers, epsilon=epsilon, mechanism=mechanism_name,
-                         noise_seed=f"dist-{mechanism_name}") as ens:
+    with pytest.warns(InsecureSeedWarning, match="noise_seed"):
+        experiment = ExperimentOptions(noise_seed=f"dist-{mechanism_name}")
+    aggregation = Aggregation(noise=calibrate(epsilon=epsilon, mechanism=mechanism_name))
+    with PrivateEnsemble(owners, aggregation=aggregation, cluster=Cluster(num_servers=num_servers),
+                         experiment=experiment) as ens:
         labels = ens.predict(torch.zeros(draws, 2)).labels
     mpc_counts = np.bincount(labels, minlength=3)
     right = calibrate(epsilon=epsilon, mechanism=mechanism_name)
@@ -90,7 +113,8 @@ def test_rounds_do_not_grow_with_the_number_of_owners():
     queries = torch.randn(4, 6)
     rounds = {}
     for k in (1, 20):
-        with PrivateEnsemble(owners[:k], num_servers=2, epsilon=1.0) as ens:
+        with PrivateEnsemble(owners[:k], aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                             cluster=Cluster(num_servers=2)) as ens:
             rounds[k] = ens.predict(queries).cost.rounds
     assert rounds[1] == rounds[20] > 0
 
@@ -98,13 +122,14 @@ def test_rounds_do_not_grow_with_the_number_of_owners():
 @pytest.fixture(scope="module")
 def running_ensemble():
     owners = _random_mlps(3)
-    ens = PrivateEnsemble(owners, num_servers=2, epsilon=1.0).start()
+    ens = PrivateEnsemble(owners, aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                          cluster=Cluster(num_servers=2)).start()
     yield ens
     ens.close()
 
 
 def test_exactly_one_reveal_per_call_and_only_to_the_client(running_ensemble, monkeypatch):
-    import pricure_crypten.client as client_module
+    import pricure_crypten.parties.client as client_module
 
     reconstructions = []
     real_reconstruct = client_module.reconstruct
@@ -144,13 +169,14 @@ def test_secure_configuration_uses_a_separate_dealer(running_ensemble):
 
 def test_insecure_provider_is_explicit_and_loud():
     with pytest.warns(InsecureProviderWarning, match="INSECURE"):
-        cluster = ServerCluster(num_servers=2, provider="insecure-tfp")
+        config = Cluster(num_servers=2, provider="insecure-tfp")
+    cluster = ServerCluster(config)
     with cluster:
         infos = cluster.broadcast("info")
         assert cluster.dealer_pid is None
     assert [i["provider"] for i in infos] == ["TrustedFirstParty"] * 2
     with pytest.raises(ValueError, match="unknown provider"):
-        ServerCluster(num_servers=2, provider="tfp")
+        ServerCluster(Cluster(num_servers=2, provider="tfp"))
 
 
 def test_server_share_of_weights_is_independent_of_the_weights():
@@ -167,14 +193,15 @@ def test_server_share_of_weights_is_independent_of_the_weights():
     assert stats.ks_2samp(unit(share_small), unit(share_big)).pvalue > 1e-3
     assert stats.kstest(unit(share_big), "uniform").pvalue > 1e-3
     # Control: the same test separates the encoded weights themselves.
-    from pricure_crypten.sharing import encode
+    from pricure_crypten.mpc.sharing import encode
 
     encoded = [encode(o.model[0].weight) for o in (small, big)]
     assert stats.ks_2samp(unit(encoded[0]), unit(encoded[1])).pvalue < 1e-6
 
 
 def test_server_crash_reveals_nothing():
-    ens = PrivateEnsemble(_random_mlps(2), num_servers=2, epsilon=1.0).start()
+    ens = PrivateEnsemble(_random_mlps(2), aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                          cluster=Cluster(num_servers=2)).start()
     client = Client("bob")
     try:
         assert ens.predict(torch.randn(2, 6), client=client).cost.reveals == 1
@@ -191,23 +218,30 @@ def test_server_crash_reveals_nothing():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
+    "settings, error, match",
     [
-        (dict(num_servers=1), ValueError, "num_servers must be >= 2"),
-        (dict(epsilon=0.0), ValueError, "epsilon must be > 0"),
-        (dict(epsilon=float("nan")), ValueError, "epsilon must be > 0"),
-        (dict(epsilon=-2.0), ValueError, "epsilon must be > 0"),
-        (dict(mechanism="gaussian", delta=1.5), ValueError, r"delta must be in \[0, 1\)"),
-        (dict(mechanism="gaussian", delta=-1e-5), ValueError, r"delta must be in \[0, 1\)"),
-        (dict(aggregation="mean"), ValueError, "unknown aggregation"),
-        (dict(mechanism="staircase"), ValueError, "unknown mechanism"),
-        (dict(colluding=2), ValueError, "colluding must be in"),
-        (dict(logit_bound=1e6), ValueError, "logit_bound"),
+        (lambda: dict(cluster=Cluster(num_servers=1)), ValueError, "num_servers must be >= 2"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=0.0))), ValueError, "epsilon must be > 0"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=float("nan")))), ValueError,
+         "epsilon must be > 0"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=-2.0))), ValueError, "epsilon must be > 0"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=1.0, mechanism="gaussian", delta=1.5))),
+         ValueError, r"delta must be in \[0, 1\)"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=1.0, mechanism="gaussian", delta=-1e-5))),
+         ValueError, r"delta must be in \[0, 1\)"),
+        (lambda: dict(aggregation=Aggregation(method="mean")), ValueError, "unknown aggregation"),
+        (lambda: dict(aggregation=Aggregation(noise=calibrate(epsilon=1.0, mechanism="staircase"))), ValueError,
+         "unknown mechanism"),
+        (lambda: dict(cluster=Cluster(colluding=2)), ValueError, "colluding must be in"),
+        (lambda: dict(aggregation=Aggregation(logit_bound=1e6)), ValueError, "logit_bound"),
     ],
+    ids=["servers", "epsilon-zero", "epsilon-nan", "epsilon-negative", "delta-above", "delta-negative",
+         "aggregation", "mechanism", "colluding", "logit-bound"],
 )
-def test_bad_configuration_is_refused_before_any_mpc(kwargs, error, match):
+def test_bad_configuration_is_refused_before_any_mpc(settings, error, match):
+    # The settings objects validate themselves on construction: nothing is started.
     with pytest.raises(error, match=match):
-        PrivateEnsemble(_random_mlps(1), **kwargs)
+        PrivateEnsemble(_random_mlps(1), **settings())
 
 
 def test_bad_owner_sets_are_refused():
@@ -239,7 +273,7 @@ def test_bad_owner_sets_are_refused():
     ],
 )
 def test_bad_queries_are_refused_before_any_mpc(queries, error, match):
-    ens = PrivateEnsemble(_random_mlps(1), num_servers=2)
+    ens = PrivateEnsemble(_random_mlps(1), cluster=Cluster(num_servers=2))
     client = Client("carol")
     with pytest.raises(error, match=match):
         ens.predict(queries, client=client)

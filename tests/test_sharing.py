@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-from pricure_crypten import randomness
-from pricure_crypten.randomness import SecureRandom
-from pricure_crypten.sharing import (
+from pricure_crypten.mpc import randomness
+from pricure_crypten.mpc.randomness import SecureRandom
+from pricure_crypten.mpc.sharing import (
     SAFE_MAX_ABS, SCALE, decode, encode, reconstruct, reconstruct_encoded, share, share_encoded,
 )
 from tests.helpers import run_fresh_python
@@ -62,8 +62,8 @@ def test_out_of_range_values_raise(bad):
         ([1.0, 2.0], 2, TypeError, "torch.Tensor or numpy.ndarray"),
         (np.array([1.0, np.nan]), 2, ValueError, "NaN or infinite"),
         (np.array([np.inf]), 3, ValueError, "NaN or infinite"),
-        (np.array([1.0]), 1, ValueError, "num_parties must be >= 2"),
-        (np.array([1.0]), 2.0, TypeError, "num_parties must be an int"),
+        (np.array([1.0]), 1, ValueError, r"num_parties\b.*must be >= 2"),
+        (np.array([1.0]), 2.0, TypeError, r"num_parties\b.*must be an int"),
         (np.array(["a"]), 2, TypeError, "real-valued"),
         (torch.tensor([True]), 2, TypeError, "real-valued"),
         (np.array([1 + 2j]), 2, TypeError, "real-valued"),
@@ -158,7 +158,7 @@ def test_shares_round_trip_through_crypten_run_multiprocess(world_size):
         import json
         import numpy as np
         import pricure_crypten
-        from pricure_crypten.sharing import share, encode, reconstruct_encoded, reconstruct
+        from pricure_crypten.mpc.sharing import share, encode, reconstruct_encoded, reconstruct
         import crypten, crypten.mpc, torch
         from crypten.mpc import MPCTensor
 

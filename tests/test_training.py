@@ -1,4 +1,4 @@
-"""Tests of the model zoo (pricure_crypten.models) and owner training (pricure_crypten.training)."""
+"""Tests of the model zoo (pricure_crypten.experiments.models) and owner training (pricure_crypten.experiments.training)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from pricure_crypten.data import load_dataset
-from pricure_crypten.models import (
+from pricure_crypten.experiments.data import load_dataset
+from pricure_crypten.experiments.models import (
     SUPPORTED_LAYERS,
     build_model,
     default_architecture,
     lenet,
     small_cnn,
 )
-from pricure_crypten.partition import partition
-from pricure_crypten.training import (
+from pricure_crypten.experiments.partition import partition
+from pricure_crypten.experiments.training import (
     accuracy,
     class_weights,
     load_owner,

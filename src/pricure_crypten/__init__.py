@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._compat import applied_patches, install_import_hook
+from ._compat import applied_patches, install_import_hook  # noqa: F401  (applied_patches is public)
 
 install_import_hook()
 

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Sequence
 
-from ._validation import MECHANISM_NAMES
+from ._validation import AGGREGATIONS, MECHANISM_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,28 +48,25 @@ def _at_least(minimum: int, flag: str):
     return parse
 
 
-class _DemoDefaults:  # the demo's defaults, without importing torch to print --help
-    dataset, owners, servers, colluding, epsilon = "breast-cancer", 10, 2, 0, 1.0
-    mechanism, aggregation, partition, alpha, queries, batch_size, seed = (
-        "laplace", "vote", "dirichlet", 1.0, 100, 25, 0)
-
-
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    d = _DemoDefaults
+    from .experiments.demo_config import DemoConfig  # light: no torch
+
+    d = DemoConfig()
+    cluster, noise = d.cluster, d.aggregation.noise
     p = sub.add_parser("demo", help="train K owners and run private predictions (the main job)")
     p.add_argument("--dataset", default=d.dataset,
                    help="breast-cancer, digits, a MedMNIST 2D flag (e.g. pneumoniamnist), mnist, fashion-mnist")
     p.add_argument("--data-root", default=None, help="folder with the dataset files (default: $PRICURE_DATA_ROOT)")
     p.add_argument("--download", action="store_true", help="allow downloading a missing dataset file")
     p.add_argument("--owners", type=_at_least(1, "--owners"), default=d.owners, help="number of model owners K")
-    p.add_argument("--servers", type=_at_least(2, "--servers"), default=d.servers,
+    p.add_argument("--servers", type=_at_least(2, "--servers"), default=cluster.num_servers,
                    help="number of non-colluding servers N >= 2")
-    p.add_argument("--colluding", type=_at_least(0, "--colluding"), default=d.colluding,
+    p.add_argument("--colluding", type=_at_least(0, "--colluding"), default=cluster.colluding,
                    help="servers the noise tolerates colluding")
-    p.add_argument("--epsilon", type=_epsilon, default=d.epsilon, help="epsilon per query (a number or inf)")
+    p.add_argument("--epsilon", type=_epsilon, default=noise.epsilon, help="epsilon per query (a number or inf)")
     p.add_argument("--delta", type=_delta, default=None, help="delta per query (gaussian; default 1e-5)")
-    p.add_argument("--mechanism", choices=list(MECHANISM_NAMES), default=d.mechanism)
-    p.add_argument("--aggregation", choices=["vote", "softmax"], default=d.aggregation)
+    p.add_argument("--mechanism", choices=list(MECHANISM_NAMES), default=noise.name)
+    p.add_argument("--aggregation", choices=list(AGGREGATIONS), default=d.aggregation.method)
     p.add_argument("--partition", choices=["dirichlet", "iid", "quantity"], default=d.partition,
                    help="how the training split is divided among owners")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the shards")
@@ -84,7 +81,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 def demo_config(args: argparse.Namespace):
     """The demo's configuration objects, built from the flags (validated on construction)."""
     from .config import Aggregation, Cluster
-    from .experiments.demo import DemoConfig
+    from .experiments.demo_config import DemoConfig
     from .privacy.noise import calibrate
 
     noise = calibrate(epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism, aggregation=args.aggregation)

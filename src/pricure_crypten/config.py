@@ -161,14 +161,15 @@ class Batching:
     Args:
         enabled: merge concurrent requests (default True); False runs every
             request as its own MPC batch(es).
-        window: seconds to wait for more requests after the first (default 0.01).
+        window: seconds to wait for more requests after the first (default 0.005;
+            requests that arrive while a batch runs are packed into the next one anyway).
         max_rows: rows per MPC batch (default 256; bounds server memory).
         max_queries: the largest batch one call may submit (default 65,536);
             a larger one is refused before any MPC work.
     """
 
     enabled: bool = True
-    window: float = 0.01
+    window: float = 0.005
     max_rows: int = 256
     max_queries: int = 65536
 

@@ -203,12 +203,11 @@ class PrivateEnsemble:
 
     def close(self) -> None:
         """Stop the servers and the dealer; fail queued calls. Idempotent, final, interrupt-safe."""
-        with self._lifecycle:
-            self._closed = True
-            try:
-                self._scheduler.close()
-            finally:
-                self._cluster.close()
+        self._closed = True  # no lock: closing must not wait behind a slow launch
+        try:
+            self._scheduler.close()
+        finally:
+            self._cluster.close(final=True)
         self._scheduler.join(timeout=30)
 
     def __enter__(self) -> "PrivateEnsemble":

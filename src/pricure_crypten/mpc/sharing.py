@@ -26,6 +26,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from .._validation import check_int
 from .randomness import SecureRandom
 
 FRACTIONAL_BITS = 16
@@ -85,11 +86,7 @@ def decode(encoded: np.ndarray) -> np.ndarray:
 
 
 def _check_parties(num_parties: int) -> int:
-    if isinstance(num_parties, bool) or not isinstance(num_parties, (int, np.integer)):
-        raise TypeError(f"num_parties must be an int, not {type(num_parties).__name__}")
-    if num_parties < 2:
-        raise ValueError(f"num_parties must be >= 2 for additive secret sharing, got {num_parties}")
-    return int(num_parties)
+    return check_int(num_parties, name="num_parties (additive secret sharing)", minimum=2)
 
 
 def share_encoded(

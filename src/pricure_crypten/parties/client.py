@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._validation import check_name
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import SAFE_MAX_ABS, reconstruct, share
 
@@ -30,9 +31,7 @@ class Client:
     """
 
     def __init__(self, name: str = "client", *, rng: SecureRandom | None = None) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("a client needs a non-empty name")
-        self.name = name
+        self.name = check_name(name, name="a client's name (its budget key)")
         self.rng = rng if rng is not None else SecureRandom()
         self.reveals = 0
 

@@ -80,6 +80,7 @@ class ServerCluster:
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._sequence = 0
         self._finalizer: Any = None
+        self._retired = False
         self.launches = 0
 
     # -- lifecycle --
@@ -95,15 +96,21 @@ class ServerCluster:
     def start(self) -> "ServerCluster":
         """Launch the servers (and the dealer) and wait until every server is ready."""
         with self._state_lock:
+            if self._retired:
+                raise ServerError("this server cluster was shut down for good (its ensemble is closed)")
             if self.running:
                 return self
             try:
                 self._launch()
-                self._await_ready()
             except BaseException:
                 self.close(graceful=False)
                 raise
-            return self
+        try:  # outside the lock: close() from another thread interrupts a slow start
+            self._await_ready()
+        except BaseException:
+            self.close(graceful=False)
+            raise
+        return self
 
     def _launch(self) -> None:
         ctx = mp.get_context("spawn")
@@ -143,17 +150,21 @@ class ServerCluster:
             if reply is None:
                 raise ServerError(f"server {rank} did not start")
 
-    def close(self, *, graceful: bool = True) -> None:
+    def close(self, *, graceful: bool = True, final: bool = False) -> None:
         """Shut the servers down: ask them to stop (``graceful``), then kill what is left. Idempotent.
+
+        ``final`` also refuses any later :meth:`start` (the owner is closed for good).
 
         Safe to call from another thread while a request is in flight (that
         request then fails with :class:`ServerError`) and safe to interrupt:
         whatever happens, every process is killed and reaped.
         """
+        self._retired = self._retired or final
         with self._state_lock:
             processes = self.processes
             if not processes:
                 return
+            graceful = graceful and not self._request_lock.locked()  # busy servers would not read a shutdown
             try:
                 if graceful:
                     for inbox, process in zip(self._inboxes, self._servers):
@@ -245,7 +256,10 @@ class ServerCluster:
                     raise ServerError(f"server {rank} answered request {got} while {sequence} was in flight; "
                                       "the cluster was shut down and nothing was revealed")
                 if status == "error":
-                    raise ServerError(f"server {rank} failed during {op!r}; nothing was revealed:\n{value}")
+                    dead = self._dead_within(1.0)  # a peer's death is the usual cause of a server's error
+                    cause = f" after {', '.join(dead)} stopped" if dead else ""
+                    raise ServerError(f"server {rank} failed during {op!r}{cause}; the cluster was shut down and "
+                                      f"nothing was revealed:\n{value}")
                 replies[rank] = value
             if len(replies) < self.num_servers:
                 self._check_alive(op, deadline, timeout, check_heartbeats)
@@ -254,10 +268,20 @@ class ServerCluster:
     def _names(self) -> list[str]:
         return [f"server {i}" for i in range(self.num_servers)] + (["the dealer"] if self._dealer else [])
 
+    def _dead_within(self, seconds: float) -> list[str]:
+        """The processes that stopped, waiting up to ``seconds`` for a just-killed one to be reaped."""
+        deadline = time.monotonic() + seconds
+        while not (dead := self._dead()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return dead
+
+    def _dead(self) -> list[str]:
+        return [f"{name} (exit code {p.exitcode})" for name, p in zip(self._names(), self.processes)
+                if p.exitcode is not None]
+
     def _check_alive(self, op: str, deadline: float, timeout: float, check_heartbeats: bool) -> None:
         names = self._names()
-        dead = [f"{name} (exit code {p.exitcode})" for name, p in zip(names, self.processes)
-                if p.exitcode is not None]
+        dead = self._dead()
         if dead:
             raise ServerError(f"{', '.join(dead)} stopped during {op!r}; the cluster was shut down and "
                               "nothing was revealed")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from .._validation import check_name
 from ..mpc.layers import LayerSpec, convert, output_shape
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import share
@@ -42,8 +43,7 @@ class ModelOwner:
     """
 
     def __init__(self, *, name: str, model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError("an owner needs a non-empty name")
+        check_name(name, name="an owner's name")
         if not isinstance(model, nn.Module):
             raise TypeError(f"owner {name}: model must be a torch.nn.Module, not {type(model).__name__}")
         input_shape = tuple(int(s) for s in input_shape)

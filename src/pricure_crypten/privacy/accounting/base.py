@@ -23,14 +23,13 @@ cheap to construct and hold no state besides the composed counts.
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Optional, Protocol, Union, runtime_checkable
 
 import dp_accounting
 
-from ..._validation import check_delta, check_epsilon
+from ..._validation import check_delta, check_epsilon, check_int
 
 # Relative tolerance when comparing a composed delta with a target delta (float noise only).
 _REL_TOL = 1e-12
@@ -147,11 +146,7 @@ class ReleaseCost:
 
 
 def _check_count(count: Any) -> int:
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
-        raise TypeError(f"count must be an int, not {type(count).__name__}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    return int(count)
+    return check_int(count, name="count", minimum=0)
 
 
 def check_target_delta(delta: Any) -> float:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import sqlite3
 import threading
@@ -50,7 +49,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..._validation import check_delta, check_epsilon
+from ..._validation import check_delta, check_epsilon, check_int, check_name
 from .base import MechanismLike, ReleaseCost, release_sort_key, within
 from .errors import BudgetExceededError
 from .registry import check_accountant_name, make_accountant
@@ -70,30 +69,15 @@ Groups = tuple[tuple[ReleaseCost, int], ...]
 
 
 def _check_client_id(client_id: Any) -> str:
-    if not isinstance(client_id, str):
-        raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
-    if not client_id.strip():
-        raise ValueError("client_id must be a non-empty string")
-    if len(client_id) > _MAX_CLIENT_ID or "\x00" in client_id:
-        raise ValueError(f"client_id must be at most {_MAX_CLIENT_ID} characters without NUL, "
-                         f"got {client_id[:40]!r}...")
-    return client_id
+    return check_name(client_id, name="client_id", max_length=_MAX_CLIENT_ID)
 
 
 def _check_queries(queries: Any) -> int:
-    if isinstance(queries, bool) or not isinstance(queries, numbers.Integral):
-        raise TypeError(f"queries must be an int, not {type(queries).__name__}")
-    if queries < 1:
-        raise ValueError(f"queries must be >= 1, got {queries}")
-    return int(queries)
+    return check_int(queries, name="queries", minimum=1)
 
 
 def _check_text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{name} must be a non-empty string")
-    return value.strip()
+    return check_name(value, name=name).strip()
 
 
 def _check_total_epsilon(value: Any) -> float:

@@ -16,7 +16,7 @@ from .errors import LedgerError
 if TYPE_CHECKING:  # pragma: no cover
     from .ledger import PrivacyLedger
 
-logger = logging.getLogger("pricure_crypten.accounting.ledger")
+logger = logging.getLogger("pricure_crypten.privacy.accounting.ledger")
 
 
 class Spend:

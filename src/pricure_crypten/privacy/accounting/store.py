@@ -36,7 +36,7 @@ from .base import ReleaseCost
 from .errors import LedgerError
 from .status import AuditEntry
 
-logger = logging.getLogger("pricure_crypten.accounting.ledger")
+logger = logging.getLogger("pricure_crypten.privacy.accounting.ledger")
 
 APP_NAME = "pricure-crypten"
 LEDGER_FILENAME = "ledger.sqlite3"

@@ -128,10 +128,6 @@ class AdditiveNoise(NoiseMechanism):
     ) -> np.ndarray:
         """One server's partial: the partials of any N - colluding servers sum to :meth:`sample`'s law."""
 
-    @abstractmethod
-    def reference_mechanism(self, *, random_state: int | None = None) -> Any:
-        """The diffprivlib mechanism with the same calibration (an independent implementation)."""
-
     def release(self, histogram: T, ops: ReleaseOps[T]) -> T:
         return ops.argmax(ops.add_noise(histogram, self.partial))
 

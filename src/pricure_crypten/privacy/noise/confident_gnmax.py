@@ -2,7 +2,7 @@
 
 For a vote histogram n(x): if ``max_j n_j + N(0, sigma_threshold^2) >= threshold``
 answer ``argmax_j (n_j + N(0, sigma^2))``, else abstain. Both steps run under
-MPC (see :mod:`pricure_crypten.aggregation`); each server adds its own
+MPC (see :mod:`pricure_crypten.mpc.aggregation`); each server adds its own
 partial of each Gaussian (N(0, s^2 / (N - t)) each), and the single reveal is
 the label or "abstain".
 
@@ -87,9 +87,6 @@ class ConfidentGNMax(NoiseMechanism):
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier=self.noise_multiplier)
-
-    def reference_mechanism(self, *, random_state: int | None = None) -> None:
-        return None  # the plaintext reference is reference.confident_gnmax
 
     def __repr__(self) -> str:
         return (

@@ -69,8 +69,3 @@ class GaussianNoise(AdditiveNoise):
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier=self._scale / self.sensitivity)
-
-    def reference_mechanism(self, *, random_state: int | None = None) -> GaussianAnalytic:
-        return GaussianAnalytic(
-            epsilon=self.epsilon, delta=self.delta, sensitivity=self.sensitivity, random_state=random_state
-        )

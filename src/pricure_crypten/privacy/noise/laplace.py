@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dp_accounting
 import numpy as np
-from diffprivlib.mechanisms import Laplace
 
 from ...mpc.randomness import SecureRandom, Shape
 from .base import AdditiveNoise, check_split
@@ -55,6 +54,3 @@ class LaplaceNoise(AdditiveNoise):
 
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.LaplaceDpEvent(noise_multiplier=self._scale / self.sensitivity)
-
-    def reference_mechanism(self, *, random_state: int | None = None) -> Laplace:
-        return Laplace(epsilon=self.epsilon, delta=0.0, sensitivity=self.sensitivity, random_state=random_state)

@@ -29,8 +29,5 @@ class NoNoise(NoiseMechanism):
     def dp_event(self) -> dp_accounting.DpEvent:
         return dp_accounting.NonPrivateDpEvent()
 
-    def reference_mechanism(self, *, random_state: int | None = None) -> None:
-        return None
-
     def __repr__(self) -> str:
         return "NoNoise(epsilon=inf)"

@@ -1,0 +1,171 @@
+"""Bad input: a clear error that names the problem, before any process starts or any MPC work.
+
+Across the configuration objects, the public API and the CLI. Each case
+checks the exception type and that its message names the offending setting;
+the ensemble cases also check that no server was ever launched and nothing
+was revealed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pricure_crypten import (
+    Aggregation,
+    Batching,
+    Client,
+    Cluster,
+    ConfidentGNMax,
+    EnsembleClosedError,
+    ExperimentOptions,
+    GaussianNoise,
+    InsecureProviderWarning,
+    InsecureSeedWarning,
+    LaplaceNoise,
+    ModelOwner,
+    NoNoise,
+    PrivateEnsemble,
+    calibrate,
+)
+from pricure_crypten.cli import main
+
+
+def _owners(count: int = 1) -> list[ModelOwner]:
+    torch.manual_seed(0)
+    return [ModelOwner(name=f"m{i}", model=nn.Sequential(nn.Linear(6, 3)), input_shape=(6,), num_classes=3)
+            for i in range(count)]
+
+
+GNMAX = dict(threshold=3, sigma_threshold=1, sigma=1)
+
+CONFIG_CASES = [
+    (lambda: Cluster(num_servers=1), ValueError, "num_servers must be >= 2"),
+    (lambda: Cluster(num_servers=2.0), TypeError, "num_servers must be an int"),
+    (lambda: Cluster(colluding=2), ValueError, "colluding must be in"),
+    (lambda: Cluster(colluding=-1), ValueError, "colluding must be in"),
+    (lambda: Cluster(provider="tfp"), ValueError, "unknown provider"),
+    (lambda: Cluster(request_timeout=0), ValueError, "request_timeout must be"),
+    (lambda: Cluster(start_timeout=float("inf")), ValueError, "start_timeout must be"),
+    (lambda: Cluster(heartbeat_timeout=0.1), ValueError, "heartbeat_timeout must be >= 1"),
+    (lambda: Cluster(threads_per_server=0), ValueError, "threads_per_server must be >= 1"),
+    (lambda: Aggregation(method="mean"), ValueError, "unknown aggregation 'mean'"),
+    (lambda: Aggregation(method=None), TypeError, "aggregation must be a str"),
+    (lambda: Aggregation(noise="laplace"), TypeError, "noise must be a NoiseMechanism"),
+    (lambda: Aggregation(method="softmax", noise=ConfidentGNMax(**GNMAX)), ValueError, "aggregation='vote'"),
+    (lambda: Aggregation(logit_bound=1e6), ValueError, "logit_bound must be in"),
+    (lambda: Aggregation(logit_bound=float("nan")), ValueError, "logit_bound must be in"),
+    (lambda: calibrate(epsilon=0.0), ValueError, "epsilon must be > 0"),
+    (lambda: calibrate(epsilon=float("nan")), ValueError, "epsilon must be > 0"),
+    (lambda: calibrate(epsilon="1"), TypeError, "epsilon must be a number"),
+    (lambda: calibrate(epsilon=1.0, mechanism="staircase"), ValueError, "unknown mechanism"),
+    (lambda: calibrate(epsilon=1.0, mechanism="gaussian", delta=1.5), ValueError, r"delta must be in \[0, 1\)"),
+    (lambda: LaplaceNoise(epsilon=-2.0), ValueError, "epsilon must be > 0"),
+    (lambda: LaplaceNoise(epsilon=float("inf")), ValueError, "use NoNoise"),
+    (lambda: LaplaceNoise(epsilon=1.0, delta=1e-5), ValueError, "delta must be 0"),
+    (lambda: GaussianNoise(epsilon=1.0, delta=0.0), ValueError, "needs delta > 0"),
+    (lambda: ConfidentGNMax(threshold=-1, sigma_threshold=1, sigma=1), ValueError, "threshold must be"),
+    (lambda: Batching(max_rows=0), ValueError, "max_rows must be >= 1"),
+    (lambda: Batching(window=-1.0), ValueError, "window must be"),
+    (lambda: Batching(enabled="yes"), TypeError, "enabled must be a bool"),
+    (lambda: ExperimentOptions(noise_seed=1.5), TypeError, "noise_seed must be"),
+    (lambda: PrivateEnsemble(_owners(), epsilon=1.0), TypeError, "moved: use aggregation=Aggregation"),
+    (lambda: PrivateEnsemble(_owners(), num_servers=3), TypeError, "moved: use cluster=Cluster"),
+    (lambda: PrivateEnsemble(_owners(), cluster=3), TypeError, "cluster must be a pricure_crypten.Cluster"),
+    (lambda: PrivateEnsemble(_owners(), ledger=object()), TypeError, "ledger must be a PrivacyLedger"),
+    (lambda: PrivateEnsemble([]), ValueError, "at least one model owner"),
+    (lambda: PrivateEnsemble([_owners()[0], _owners()[0]]), ValueError, "owner names must be unique"),
+    (lambda: Client(""), ValueError, "name \(its budget key\) must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("build, error, match", CONFIG_CASES, ids=[f"config-{i}" for i in range(len(CONFIG_CASES))])
+def test_bad_settings_are_refused_on_construction(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+QUERY_CASES = [
+    (torch.randn(4, 5), ValueError, r"shape \(batch, 6\)"),
+    (torch.randn(6), ValueError, r"shape \(batch, 6\)"),
+    (torch.zeros(0, 6), ValueError, "empty"),
+    (torch.ones(2, 6, dtype=torch.int64), TypeError, "floating-point"),
+    (np.ones((2, 6), dtype=np.int32), TypeError, "floating-point"),
+    (torch.tensor([[float("nan")] * 6]), ValueError, "NaN or infinite"),
+    (torch.tensor([[float("inf")] * 6]), ValueError, "NaN or infinite"),
+    (torch.full((1, 6), 1e9), ValueError, "fixed-point range"),
+    (torch.zeros(11, 6), ValueError, "more than Batching.max_queries = 10"),
+    ([[0.0] * 6], TypeError, "torch.Tensor or numpy.ndarray"),
+]
+
+
+@pytest.mark.parametrize("queries, error, match", QUERY_CASES, ids=[f"query-{i}" for i in range(len(QUERY_CASES))])
+def test_bad_queries_are_refused_before_any_mpc(queries, error, match):
+    ens = PrivateEnsemble(_owners(), batching=Batching(max_queries=10))
+    client = Client("carol")
+    with pytest.raises(error, match=match):
+        ens.predict(queries, client=client)
+    assert ens.cluster.launches == 0 and client.reveals == 0  # no server was ever started
+    ens.close()
+
+
+def test_a_client_that_is_not_a_client_is_refused():
+    ens = PrivateEnsemble(_owners())
+    with pytest.raises(TypeError, match="client must be a pricure_crypten.Client"):
+        ens.predict(torch.zeros(1, 6), client="alice")
+    assert ens.cluster.launches == 0
+
+
+def test_a_closed_ensemble_refuses_calls_without_starting_anything():
+    ens = PrivateEnsemble(_owners())
+    ens.close()
+    with pytest.raises(EnsembleClosedError, match="closed"):
+        ens.predict(torch.zeros(1, 6))
+    with pytest.raises(EnsembleClosedError, match="closed"):
+        ens.start()
+    assert ens.cluster.launches == 0
+
+
+def test_test_only_seeds_and_the_insecure_provider_warn_loudly():
+    with pytest.warns(InsecureSeedWarning, match="INSECURE: noise_seed"):
+        ExperimentOptions(noise_seed="fixed")
+    with pytest.warns(InsecureSeedWarning, match="INSECURE: share_seed"):
+        ExperimentOptions(share_seed=3)
+    with pytest.warns(InsecureProviderWarning, match="INSECURE"):
+        Cluster(provider="insecure-tfp")
+
+
+def test_configuration_objects_are_frozen_and_default_to_the_secure_setting():
+    cluster, aggregation = Cluster(), Aggregation()
+    assert cluster.provider == "ttp" and cluster.needs_dealer and cluster.request_timeout <= 120
+    assert isinstance(aggregation.noise, LaplaceNoise) and aggregation.noise.epsilon == 1.0
+    assert isinstance(Aggregation(noise=NoNoise()).noise, NoNoise)
+    with pytest.raises(AttributeError):
+        cluster.num_servers = 3  # type: ignore[misc]
+
+
+CLI_CASES = [
+    (["demo", "--servers", "1"], "--servers must be >= 2"),
+    (["demo", "--owners", "0"], "--owners must be >= 1"),
+    (["demo", "--queries", "-5"], "--queries must be >= 1"),
+    (["demo", "--batch-size", "x"], "--batch-size must be an integer"),
+    (["demo", "--epsilon", "abc"], "--epsilon must be a number"),
+    (["demo", "--epsilon", "0"], "--epsilon must be > 0"),
+    (["demo", "--servers", "2", "--colluding", "2"], "colluding must be in"),
+    (["demo", "--mechanism", "gaussian", "--delta", "0"], "needs delta > 0"),
+    (["demo", "--mechanism", "laplace", "--delta", "0.1"], "delta must be 0"),
+    (["demo", "--aggregation", "mean"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", CLI_CASES, ids=[f"cli-{i}" for i in range(len(CLI_CASES))])
+def test_bad_cli_input_gets_one_clear_line_before_any_work(argv, fragment, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err

@@ -1,0 +1,113 @@
+"""The layout shows the layers, and the import graph keeps them.
+
+Layers, lowest first: ``_validation``/``_compat`` -> ``mpc`` -> ``privacy`` ->
+``config`` -> ``parties`` -> ``ensemble`` -> ``experiments`` -> ``cli``. A
+module imports only from its own layer or a lower one; nothing deep in the
+package imports the top-level package for its side effects; the validators
+live in one module; ``pricure budget`` never loads CrypTen.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.helpers import REPO, run_fresh_python
+
+PACKAGE = REPO / "src" / "pricure_crypten"
+LAYERS = {"_validation": 0, "_compat": 0, "mpc": 1, "privacy": 2, "config": 3, "parties": 4, "ensemble": 5,
+          "experiments": 6, "cli": 7, "__main__": 7, "__init__": 7}
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(("pricure_crypten", *path.relative_to(PACKAGE).with_suffix("").parts))
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else "__init__"]
+
+
+def _imports(path: Path, name: str | None = None) -> list[tuple[str, int]]:
+    """(absolute module imported, line) for every import of the package in ``path`` (module ``name``)."""
+    name = name or _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("pricure_crypten"):
+                for alias in node.names:  # "from . import reference" imports a submodule
+                    sub = f"{target}.{alias.name}"
+                    found.append((sub if (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                                  or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else target, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.startswith("pricure_crypten")]
+    return found
+
+
+def test_no_module_imports_a_higher_layer():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _module_name(path)
+        if here == "pricure_crypten" or here.endswith("__main__"):
+            continue
+        for target, line in _imports(path):
+            if target == "pricure_crypten":
+                violations.append(f"{here}:{line} imports the top-level package")
+            elif _layer(target) > _layer(here):
+                violations.append(f"{here}:{line} imports {target} (a higher layer)")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_layer_check_would_catch_a_violation(tmp_path):
+    # Positive control: the same parser sees an upward import in a copy of a low-layer module.
+    fake = tmp_path / "probe.py"
+    fake.write_text("from ..ensemble import PrivateEnsemble\nimport pricure_crypten\n")
+    targets = [t for t, _ in _imports(fake, "pricure_crypten.mpc.probe")]
+    assert "pricure_crypten.ensemble" in targets and "pricure_crypten" in targets
+    assert _layer("pricure_crypten.ensemble") > _layer("pricure_crypten.mpc.probe")
+
+
+def test_validators_live_in_one_place():
+    defined = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module-level functions (methods may share a name)
+            if isinstance(node, ast.FunctionDef) and node.name in {
+                "check_epsilon", "check_delta", "check_split", "check_aggregation", "check_logit_bound", "check_int",
+            }:
+                defined.setdefault(node.name, []).append(_module_name(path))
+    assert defined and all(places == ["pricure_crypten._validation"] for places in defined.values()), defined
+
+
+def test_budget_command_and_accounting_never_load_crypten(tmp_path):
+    out = run_fresh_python(f"""
+        import json, os, sys, io, contextlib
+        os.environ["PRICURE_LEDGER"] = {str(tmp_path / "ledger.sqlite3")!r}
+        from pricure_crypten.privacy.accounting import PrivacyLedger
+        PrivacyLedger(total_epsilon=10.0).close()
+        from pricure_crypten.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["budget", "list"])
+        import pricure_crypten.privacy.accounting, pricure_crypten.privacy.noise, pricure_crypten.config
+        print(json.dumps({{"code": code, "crypten": "crypten" in sys.modules}}))
+    """)
+    assert out == {"code": 0, "crypten": False}
+
+
+def test_importing_the_package_then_crypten_works_on_this_torch():
+    out = run_fresh_python("""
+        import json, sys
+        import pricure_crypten
+        light = "crypten" not in sys.modules
+        import crypten, crypten.nn
+        print(json.dumps({"light": light, "mpc": hasattr(crypten, "mpc"),
+                          "patches": pricure_crypten.applied_patches()}))
+    """)
+    assert out["light"] and out["mpc"]
+    assert "onnx-registration-alias" in out["patches"]
