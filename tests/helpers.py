@@ -40,3 +40,13 @@ def constant_owners(votes: list[int], num_classes: int) -> list:
             layer.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), num_classes).float() * 4.0)
         owners.append(ModelOwner(name=f"o{i}", model=nn.Sequential(layer), input_shape=(2,), num_classes=num_classes))
     return owners
+
+
+def cli_exit_code(argv: list[str]) -> int:
+    """Run ``pricure ARGV`` in this process; its exit status (argparse refusals exit via SystemExit)."""
+    from pricure_crypten.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code

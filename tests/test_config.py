@@ -30,7 +30,7 @@ from pricure_crypten import (
     PrivateEnsemble,
     calibrate,
 )
-from pricure_crypten.cli import main
+from tests.helpers import cli_exit_code
 
 
 def _owners(count: int = 1) -> list[ModelOwner]:
@@ -77,7 +77,7 @@ CONFIG_CASES = [
     (lambda: PrivateEnsemble(_owners(), ledger=object()), TypeError, "ledger must be a PrivacyLedger"),
     (lambda: PrivateEnsemble([]), ValueError, "at least one model owner"),
     (lambda: PrivateEnsemble([_owners()[0], _owners()[0]]), ValueError, "owner names must be unique"),
-    (lambda: Client(""), ValueError, "name \(its budget key\) must be a non-empty string"),
+    (lambda: Client(""), ValueError, r"name \(its budget key\) must be a non-empty string"),
 ]
 
 
@@ -147,11 +147,9 @@ def test_configuration_objects_are_frozen_and_default_to_the_secure_setting():
 
 
 CLI_CASES = [
-    (["demo", "--servers", "1"], "--servers must be >= 2"),
     (["demo", "--owners", "0"], "--owners must be >= 1"),
     (["demo", "--queries", "-5"], "--queries must be >= 1"),
     (["demo", "--batch-size", "x"], "--batch-size must be an integer"),
-    (["demo", "--epsilon", "abc"], "--epsilon must be a number"),
     (["demo", "--epsilon", "0"], "--epsilon must be > 0"),
     (["demo", "--servers", "2", "--colluding", "2"], "colluding must be in"),
     (["demo", "--mechanism", "gaussian", "--delta", "0"], "needs delta > 0"),
@@ -162,10 +160,6 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("argv, fragment", CLI_CASES, ids=[f"cli-{i}" for i in range(len(CLI_CASES))])
 def test_bad_cli_input_gets_one_clear_line_before_any_work(argv, fragment, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    assert code == 2
+    assert cli_exit_code(argv) == 2  # these on top of test_demo's cases
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err

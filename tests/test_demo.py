@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from pricure_crypten import Aggregation, calibrate
-from pricure_crypten.cli import main
 from pricure_crypten.experiments.demo import DemoConfig, format_table, run_demo
-from tests.helpers import REPO, SHARED_DATA
+from tests.helpers import REPO, SHARED_DATA, cli_exit_code
 
 REQUIRED_KEYS = {
     "dataset", "owners", "servers", "epsilon", "mechanism", "aggregation", "queries",
@@ -72,19 +71,14 @@ def test_demo_on_pneumoniamnist_beats_080_in_plaintext():
     ],
 )
 def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(argv, fragment, capsys):
-    assert _exit_code(argv) == 2
+    assert cli_exit_code(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0]
 
 
-def _exit_code(argv):
-    try:
-        return main(argv)
-    except SystemExit as stop:  # argparse refuses malformed flags this way
-        return stop.code
 
 
 def test_missing_data_file_names_file_and_folder(tmp_path, capsys):
-    assert _exit_code(["demo", "--dataset", "pneumoniamnist", "--data-root", str(tmp_path)]) == 2
+    assert cli_exit_code(["demo", "--dataset", "pneumoniamnist", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pneumoniamnist.npz" in err[0] and str(tmp_path) in err[0]

@@ -1,8 +1,11 @@
 """Make CrypTen 0.4.1 import and work on current PyTorch (2.9 and newer).
 
-Applied automatically by ``import pricure_crypten``, before crypten is
-imported. Every patch is scoped and idempotent, and does nothing on a torch
-that does not need it:
+``import pricure_crypten`` installs an import hook (:func:`install_import_hook`)
+that applies the patches when crypten is first imported, by anyone; the
+package's own CrypTen modules import it through
+:mod:`pricure_crypten.mpc._crypten`, which calls :func:`apply`. Importing the
+package alone loads neither torch's ONNX internals nor crypten. Every patch is
+scoped and idempotent, and does nothing on a torch that does not need it:
 
 1. ``onnx-registration-alias``: crypten's ONNX converter imports
    ``torch.onnx._internal.registration``, which torch 2.9 moved to
