@@ -478,7 +478,12 @@ def _watchdog(what: str, wait: float, message: str) -> None:
 
 
 def run_dealer_node(*, servers: int, rendezvous: str, wait: float, argv: Sequence[str]) -> int:
-    """``pricure dealer``: the dealer as its own process; rejoins (re-executes) when the servers' MPC ends."""
+    """``pricure dealer``: the dealer as its own process; rejoins (a fresh child) when the servers' MPC ends."""
+    from . import supervisor
+
+    if not supervisor.is_child():
+        return supervisor.supervise("dealer", argv, wait=wait)
+    supervisor.watch_parent()
     from ..dealer import DEALER_IDLE_TIMEOUT, run_dealer
 
     print(f"pricure dealer: joining the MPC of {servers} servers at {rendezvous}", file=sys.stderr, flush=True)
@@ -489,18 +494,21 @@ def run_dealer_node(*, servers: int, rendezvous: str, wait: float, argv: Sequenc
         run_dealer(world_size=servers, rendezvous=rendezvous, timeout=DEALER_IDLE_TIMEOUT)
     except KeyboardInterrupt:
         return 0
-    except Exception as error:  # noqa: BLE001 - a peer died mid-deal: rejoin
-        print(f"pricure dealer: the MPC failed ({type(error).__name__}: {error}); restarting to rejoin",
-              file=sys.stderr, flush=True)
-    else:
-        print("pricure dealer: the servers' MPC ended; restarting to rejoin", file=sys.stderr, flush=True)
-    time.sleep(0.5)
-    os.execv(sys.executable, [sys.executable, "-m", "pricure_crypten", *argv])
-    return 0
+    except Exception as error:  # noqa: BLE001 - the rendezvous broke or a peer died mid-deal: rejoin
+        print(f"pricure dealer: the MPC failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+              "rejoining", file=sys.stderr, flush=True)
+    else:  # TTPServer returns when a server's connection drops (or on 'terminate')
+        print("pricure dealer: the servers' MPC ended; rejoining", file=sys.stderr, flush=True)
+    os._exit(supervisor.REJOIN)
 
 
 def serve(config: NodeConfig) -> int:
-    """Run one server until killed: the front door in a thread, the MPC loop here."""
+    """Run one server until killed: a supervisor, and in its child the front door and the MPC loop."""
+    from . import supervisor
+
+    if not supervisor.is_child():
+        return supervisor.supervise("serve", config.argv, wait=config.wait)
+    supervisor.watch_parent()
     from .app import start_front_door
     from ..server import ServerConfig, ServerState, start_party
 
@@ -513,16 +521,22 @@ def serve(config: NodeConfig) -> int:
               f"server {config.rank} waited {config.wait:g} s at the rendezvous {config.rendezvous} for the other "
               f"{config.servers - 1} server(s) and the dealer; start them (any order) with the same --servers and "
               "--rendezvous, or raise --wait")
-    audit = start_party(rank=config.rank, world_size=config.servers, rendezvous=config.rendezvous,
-                        provider=config.provider, threads=config.threads,
-                        timeout=max(config.timeout, config.wait + 5.0))
-    import torch.distributed as dist
+    try:
+        audit = start_party(rank=config.rank, world_size=config.servers, rendezvous=config.rendezvous,
+                            provider=config.provider, threads=config.threads,
+                            timeout=max(config.timeout, config.wait + 5.0))
+        import torch.distributed as dist
 
-    from ...mpc._crypten import crypten
+        from ...mpc._crypten import crypten
 
-    comm = crypten.communicator.get()
-    settings: list = [None] * config.servers
-    dist.all_gather_object(settings, config.public_settings(), group=comm.main_group)
+        comm = crypten.communicator.get()
+        settings: list = [None] * config.servers
+        dist.all_gather_object(settings, config.public_settings(), group=comm.main_group)
+    except Exception as error:  # noqa: BLE001 - a peer left during the rendezvous: retry (bounded)
+        print(f"pricure serve: server {config.rank}: joining failed ({str(error).splitlines()[0][:200]}); retrying",
+              file=sys.stderr, flush=True)
+        front.stop()
+        os._exit(supervisor.JOIN_FAILED)
     if any(s != settings[0] for s in settings):
         print(f"pricure serve: error: the servers disagree on their settings: {settings}", file=sys.stderr,
               flush=True)
@@ -549,5 +563,5 @@ def serve(config: NodeConfig) -> int:
               file=sys.stderr, flush=True)
         time.sleep(1.0)  # let polling clients read the failures (after the restart they are on disk too)
         front.stop()
-        os.execv(sys.executable, [sys.executable, "-m", "pricure_crypten", *config.argv])
+        os._exit(supervisor.REJOIN)
     return 0
