@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from .wire import REQUEST_ID, WireError, decode_array
+from .wire import REQUEST_ID, ShapeError, WireError, decode_array
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
@@ -114,7 +114,7 @@ def build_app(node: Any) -> Any:
             share = decode_array(message["share"], name="share")
             node.submit(client, message["request_id"], share)
         except WireError as error:
-            raise _http(422 if "shape" in str(error) or "rows" in str(error) else 400, str(error)) from None
+            raise _http(422 if isinstance(error, ShapeError) else 400, str(error)) from None
         except LookupError as error:
             raise _http(503, str(error)) from None
         except FileExistsError as error:

@@ -48,7 +48,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .credentials import CredentialTable
-from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, WireError, bundle_from_bytes, decode_array, \
+from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, decode_array, \
     encode_array
 
 logger = logging.getLogger("pricure_crypten.serve")
@@ -82,7 +82,7 @@ class NodeConfig:
     incomplete_after: float = 10.0  # a request not at every server by then is dropped
     max_rows: int = 256  # rows per MPC batch (dynamic batching)
     max_upload: int = MAX_BUNDLE_BYTES
-    tick: float = 0.05
+    tick: float = 0.1
     threads: int = 1
     provider: str = "TTP"
     argv: tuple[str, ...] = field(default=(), compare=False)  # to re-execute after an MPC failure
@@ -265,10 +265,10 @@ class Node:
             raise LookupError("no owner has uploaded a model to this server yet")
         shape = tuple(next(iter(meta.values()))["input_shape"])
         if share.ndim != len(shape) + 1 or tuple(share.shape[1:]) != shape:
-            raise WireError(f"the query share must have shape (rows, {', '.join(map(str, shape))}), "
+            raise ShapeError(f"the query share must have shape (rows, {', '.join(map(str, shape))}), "
                             f"got {list(share.shape)}")
         if share.shape[0] > min(MAX_QUERY_ROWS, self.config.max_rows):
-            raise WireError(f"at most {min(MAX_QUERY_ROWS, self.config.max_rows)} rows per request, "
+            raise ShapeError(f"at most {min(MAX_QUERY_ROWS, self.config.max_rows)} rows per request, "
                             f"got {share.shape[0]}")
         if not self.log.claim(request_id, client):
             raise FileExistsError(f"request id {request_id} was already used: a replayed request is refused")
@@ -343,7 +343,7 @@ class Node:
                 item = self.pending.get(rid)
             if item is None:
                 row = self.log.lookup(rid)
-                if row is not None:
+                if row is not None and row[1] != "pending":  # 'pending' here: being submitted right now
                     votes.append(("refuse", f"server {self.config.rank} has already finished request {rid} "
                                             f"({row[1]})", 0.0))
                 else:
@@ -386,6 +386,17 @@ class Node:
             return
         ids = proposal["ids"]
         mine, spends = self._vote_predict(ids)
+        try:
+            self._decide_and_run(state, dist, group, ids, mine, spends)
+        except BaseException:
+            for rid, spend in spends.items():  # reserved in this step, never confirmed: nothing was released
+                if spend.state == "reserved":
+                    spend.cancel()
+                    self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing was "
+                                                      "revealed or charged")
+            raise
+
+    def _decide_and_run(self, state: Any, dist: Any, group: Any, ids: list, mine: list, spends: dict) -> None:
         votes = [None] * self.config.servers
         dist.all_gather_object(votes, mine, group=group)
         run = []
@@ -411,21 +422,14 @@ class Node:
                 self.log.finish(rid, "failed", error)
         if not run:
             return
-        try:
-            with self.lock:
-                shares = [self.pending[rid].share for rid, _ in run]
-            reply = state.op_predict({"query_share": np.concatenate(shares, axis=0)})
-        except BaseException:
-            for rid, _ in run:
-                spends.pop(rid).cancel()
-                self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing was "
-                                                  "revealed or charged")
-            raise
+        with self.lock:
+            shares = [self.pending[rid].share for rid, _ in run]
+        reply = state.op_predict({"query_share": np.concatenate(shares, axis=0)})
         if reply["decodes"]:
             raise RuntimeError(f"server {self.config.rank} decoded {reply['decodes']} values (must be 0)")
         start = 0
         for rid, rows in run:
-            spends.pop(rid).confirm()  # committed before the share is served
+            spends[rid].confirm()  # committed before the share is served
             self._finish(rid, "done", label_share=reply["label_share"][start:start + rows])
             start += rows
         with self.lock:

@@ -46,7 +46,9 @@ class _Servers:
             raise ValueError(f"need the addresses of N >= 2 servers, got {list(servers)}")
         self.urls = [s.rstrip("/") if "://" in s else f"https://{s}" for s in servers]
         token = _token(credential)
-        verify: Any = str(ca) if ca is not None else True
+        import ssl
+
+        verify: Any = ssl.create_default_context(cafile=str(ca)) if ca is not None else True
         self.http = [httpx.Client(base_url=u, verify=verify, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(connect_timeout, connect=connect_timeout))
                      for u in self.urls]

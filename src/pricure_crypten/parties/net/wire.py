@@ -28,6 +28,10 @@ class WireError(ValueError):
     """A malformed message or file; the sender gets this text, the server keeps running."""
 
 
+class ShapeError(WireError):
+    """A well-formed share of the wrong shape or size for this deployment (HTTP 422)."""
+
+
 def encode_array(array: np.ndarray) -> dict:
     array = np.ascontiguousarray(array, dtype="<i8")
     return {"dtype": "int64", "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
