@@ -87,7 +87,8 @@ def _owners() -> list[ModelOwner]:
 class Deployment:
     """N servers and the dealer, each started by its own ``pricure`` command (own session)."""
 
-    def __init__(self, root: Path, hosts: list[str], server_flags: list[list[str]], common: list[str]) -> None:
+    def __init__(self, root: Path, hosts: list[str], server_flags: list[list[str]], common: list[str], *,
+                 extra_clients: list[str] = (), extra_owners: list[str] = ()) -> None:
         self.root, self.hosts, self.n = root, hosts, len(hosts)
         self.server_flags, self.common = server_flags, common
         self.rendezvous = f"tcp://{hosts[0]}:{_free_port(hosts[0])}"
@@ -100,8 +101,9 @@ class Deployment:
             pricure("admin", "cert", "--ca", str(root / "ca"), "--host", host, "--out", str(root / f"s{rank}"))
         dirs = [arg for rank in range(self.n) for arg in ("--data-dir", str(root / f"d{rank}"))]
         self.tokens = {}
-        for role, name in [("client", "alice"), ("client", "bob"), ("client", "carol")] + \
-                          [("owner", f"owner{i}") for i in range(3)]:
+        people = [("client", n) for n in ("alice", "bob", "carol", *extra_clients)]
+        people += [("owner", n) for n in dict.fromkeys([f"owner{i}" for i in range(3)] + list(extra_owners))]
+        for role, name in people:
             self.tokens[name] = root / f"{name}.token"
             pricure("admin", "add", "--role", role, "--id", name, "--token-file", str(self.tokens[name]), *dirs)
 

@@ -230,6 +230,7 @@ class Node:
         self.input_shape: Optional[tuple[int, ...]] = None
         self.num_classes: Optional[int] = None
         self.batches = 0
+        self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0}
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
 
     def _open_ledger(self, path: Path) -> Any:
@@ -255,7 +256,8 @@ class Node:
                     "input_shape": first["input_shape"] if first else None,
                     "num_classes": first["num_classes"] if first else None,
                     "pending": sum(p.status == "pending" for p in self.pending.values()),
-                    "batches": self.batches, "settings": self.config.public_settings()}
+                    "batches": self.batches, "totals": dict(self.totals),
+                    "settings": self.config.public_settings()}
 
     def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
         if not REQUEST_ID.match(request_id):
@@ -434,6 +436,10 @@ class Node:
             start += rows
         with self.lock:
             self.batches += 1
+            self.totals["rows"] += start
+            self.totals["mpc_seconds"] += reply["seconds"]
+            self.totals["bytes"] += reply["bytes"]
+            self.totals["rounds"] += reply["rounds"]
 
     aggregation_ready: Optional[bool] = False
     mechanism: Any = None
