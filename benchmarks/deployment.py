@@ -90,19 +90,22 @@ def main() -> None:
                           mpc_batches=health[0]["batches"], mpc_rows=health[0]["totals"]["rows"],
                           mpc_bytes_all_servers=sum(h["totals"]["bytes"] for h in health),
                           mpc_rounds_server0=health[0]["totals"]["rounds"],
-                          mpc_seconds_server0=health[0]["totals"]["mpc_seconds"])
+                          mpc_seconds_server0=health[0]["totals"]["mpc_seconds"],
+                          mean_batch_rows=health[0]["totals"]["rows"] / max(1, health[0]["batches"]))
         finally:
             d.close()
     cluster = Cluster(num_servers=args.servers)
     # the in-process path with the same concurrent clients (its scheduler packs their batches too)
     reference = np.full(args.queries, -2)
     bytes_sent = [0.0]
+    packed: list[int] = []
     with PrivateEnsemble(ks, aggregation=Aggregation(noise=calibrate(epsilon=float("inf"))), cluster=cluster) as e:
         def local(c: int) -> None:
             for chunk in chunks[c::args.clients]:
                 prediction = e.predict(torch.tensor(x[chunk.start:chunk.stop], dtype=torch.float32))
                 reference[chunk.start:chunk.stop] = prediction.labels
                 bytes_sent[0] += prediction.cost.bytes_sent
+                packed.append(prediction.cost.batch_queries)
 
         threads = [threading.Thread(target=local, args=(c,)) for c in range(args.clients)]
         t0 = time.perf_counter()
@@ -113,7 +116,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
     bytes_sent = bytes_sent[0]
     result.update(in_process_seconds=seconds, in_process_seconds_per_query=seconds / args.queries,
-                  in_process_bytes=bytes_sent, labels_equal=bool(np.array_equal(reference, labels)))
+                  in_process_bytes=bytes_sent, in_process_mean_batch_rows=float(np.mean(packed)), labels_equal=bool(np.array_equal(reference, labels)))
     print(json.dumps(result))
 
 

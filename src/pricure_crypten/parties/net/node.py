@@ -568,10 +568,12 @@ def serve(config: NodeConfig) -> int:
         return 0
     except BaseException:  # noqa: BLE001 - the MPC is broken: fail what is in flight, rejoin fresh
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        with node.lock:
+            node.mpc_state = "failed"  # health shows it until the fresh party process answers
         node.fail_all(f"the MPC between the servers failed ({detail}); nothing was revealed or charged")
         print(f"pricure serve: server {config.rank}: the MPC failed ({detail}); restarting to rejoin",
               file=sys.stderr, flush=True)
-        time.sleep(1.0)  # let polling clients read the failures (after the restart they are on disk too)
+        time.sleep(0.3)  # polling clients read the failures now, or from disk after the restart
         front.stop()
         os._exit(supervisor.REJOIN)
     return 0
