@@ -78,6 +78,9 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--deployment", choices=["library", "processes"], default="library",
+                   help="processes: every server and the dealer its own 'pricure serve'/'pricure dealer' "
+                        "process on 127.0.0.2, ...; owners upload and the client queries over HTTPS")
 
 
 def demo_config(args: argparse.Namespace):
@@ -92,7 +95,7 @@ def demo_config(args: argparse.Namespace):
         partition=args.partition, alpha=args.alpha, queries=args.queries, batch_size=args.batch_size,
         seed=args.seed, quiet=args.quiet or args.json,
         aggregation=Aggregation(method=args.aggregation, noise=noise),
-        cluster=Cluster(num_servers=args.servers, colluding=args.colluding),
+        cluster=Cluster(num_servers=args.servers, colluding=args.colluding), deployment=args.deployment,
     )
 
 

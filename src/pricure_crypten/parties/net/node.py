@@ -230,7 +230,7 @@ class Node:
         self.input_shape: Optional[tuple[int, ...]] = None
         self.num_classes: Optional[int] = None
         self.batches = 0
-        self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0}
+        self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
 
     def _open_ledger(self, path: Path) -> Any:
@@ -440,6 +440,7 @@ class Node:
             self.totals["mpc_seconds"] += reply["seconds"]
             self.totals["bytes"] += reply["bytes"]
             self.totals["rounds"] += reply["rounds"]
+            self.totals["decodes"] += reply["decodes"]
 
     aggregation_ready: Optional[bool] = False
     mechanism: Any = None
