@@ -418,3 +418,19 @@ def test_demo_with_every_party_its_own_process_prints_the_usual_json_plus_deploy
     assert result["deployment"] == "processes" and result["servers"] == 2
     assert result["private_equals_plaintext"] == 1.0 and result["server_decodes"] == 0
     assert result["reveals_per_batch"] == 1 and result["rounds_per_batch"] > 0 and result["bytes_per_query"] > 0
+
+
+def test_a_party_alone_waits_up_to_its_bound_then_says_why(tmp_path):
+    pricure("admin", "ca", "--out", str(tmp_path / "ca"))
+    pricure("admin", "cert", "--ca", str(tmp_path / "ca"), "--host", "127.0.0.7", "--out", str(tmp_path / "s"))
+    rendezvous = f"tcp://127.0.0.7:{_free_port('127.0.0.7')}"
+    alone = pricure("serve", "--rank", "1", "--servers", "2", "--rendezvous", rendezvous,
+                    "--listen", f"127.0.0.7:{_free_port('127.0.0.7')}", "--data-dir", str(tmp_path / "d"),
+                    "--cert", str(tmp_path / "s" / "server.pem"), "--key", str(tmp_path / "s" / "server.key"),
+                    "--wait", "3", check=False, timeout=60)
+    assert alone.returncode == 3 and "waited 3 s at the rendezvous" in alone.stderr
+    dealer = pricure("dealer", "--servers", "2", "--rendezvous", rendezvous, "--wait", "2", check=False, timeout=60)
+    assert dealer.returncode == 3 and "the dealer waited 2 s" in dealer.stderr
+    bad = pricure("serve", "--rank", "0", "--servers", "2", "--rendezvous", "http://x", "--listen", "a:1",
+                  "--data-dir", str(tmp_path), "--cert", "x", "--key", "y", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rendezvous" in bad.stderr
