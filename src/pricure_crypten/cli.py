@@ -1,4 +1,6 @@
-"""The ``pricure`` command line: ``pricure demo`` (the main job) and ``pricure budget``.
+"""The ``pricure`` command line: ``pricure demo`` (the main job), ``pricure budget``, and the deployment:
+``pricure serve`` / ``pricure dealer`` (one party per process), ``pricure admin`` (CA, certificates,
+credentials), ``pricure owner upload`` and ``pricure query`` (remote owner and client).
 
 Bad input gets one clear line on stderr and exit code 2, never a traceback.
 """
@@ -76,6 +78,9 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--deployment", choices=["library", "processes"], default="library",
+                   help="processes: every server and the dealer its own 'pricure serve'/'pricure dealer' "
+                        "process on 127.0.0.2, ...; owners upload and the client queries over HTTPS")
 
 
 def demo_config(args: argparse.Namespace):
@@ -90,7 +95,7 @@ def demo_config(args: argparse.Namespace):
         partition=args.partition, alpha=args.alpha, queries=args.queries, batch_size=args.batch_size,
         seed=args.seed, quiet=args.quiet or args.json,
         aggregation=Aggregation(method=args.aggregation, noise=noise),
-        cluster=Cluster(num_servers=args.servers, colluding=args.colluding),
+        cluster=Cluster(num_servers=args.servers, colluding=args.colluding), deployment=args.deployment,
     )
 
 
@@ -106,16 +111,203 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _rendezvous(text: str) -> str:
+    import os
+
+    if text == "env://":
+        if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+            raise argparse.ArgumentTypeError("--rendezvous env:// needs MASTER_ADDR and MASTER_PORT set")
+        return f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if not text.startswith("tcp://"):
+        raise argparse.ArgumentTypeError(f"--rendezvous must be tcp://HOST:PORT or env://, got {text!r}")
+    _address(text[len("tcp://"):])
+    return text
+
+
+def _seconds(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number of seconds, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be > 0 and finite, got {text!r}")
+        return value
+
+    return parse
+
+
+def _server_list(text: str) -> list[str]:
+    servers = [s.strip() for s in text.split(",") if s.strip()]
+    if len(servers) < 2:
+        raise argparse.ArgumentTypeError(f"--servers needs N >= 2 comma-separated HOST:PORT, got {text!r}")
+    return servers
+
+
+def _deployment_main(command: str, argv: list[str]) -> int:
+    """``pricure serve|dealer|admin|owner|query``: heavy imports only after the flags parse."""
+    from pathlib import Path
+
+    parser = _Parser(prog=f"pricure {command}")
+    if command == "serve":
+        parser.description = "Run one server (a CrypTen party) with its HTTPS front door, until killed."
+        parser.add_argument("--rank", type=_at_least(0, "--rank"), required=True)
+        parser.add_argument("--servers", type=_at_least(2, "--servers"), required=True, help="number of servers N")
+        parser.add_argument("--rendezvous", type=_rendezvous, required=True, help="tcp://HOST:PORT or env://")
+        parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT of the front door")
+        parser.add_argument("--data-dir", type=Path, required=True)
+        parser.add_argument("--cert", type=Path, required=True, help="server certificate (pricure admin cert)")
+        parser.add_argument("--key", type=Path, required=True, help="its private key")
+        parser.add_argument("--epsilon", type=_epsilon, default=float("inf"), help="epsilon per query")
+        parser.add_argument("--delta", type=_delta, default=None)
+        parser.add_argument("--mechanism", choices=list(MECHANISM_NAMES), default="laplace")
+        parser.add_argument("--aggregation", choices=list(AGGREGATIONS), default="vote")
+        parser.add_argument("--colluding", type=_at_least(0, "--colluding"), default=0)
+        parser.add_argument("--budget-epsilon", type=_epsilon, default=float("inf"),
+                            help="each client's total epsilon in THIS server's ledger")
+        parser.add_argument("--budget-delta", type=_delta, default=0.0)
+        parser.add_argument("--wait", type=_seconds("--wait"), default=120.0,
+                            help="seconds to wait for the other parties at the rendezvous")
+        parser.add_argument("--timeout", type=_seconds("--timeout"), default=60.0,
+                            help="torch.distributed timeout of the servers' collectives")
+        parser.add_argument("--incomplete-after", type=_seconds("--incomplete-after"), default=10.0,
+                            help="drop a request whose shares have not reached every server by then")
+        parser.add_argument("--max-batch", type=_at_least(1, "--max-batch"), default=256,
+                            help="rows per MPC batch (requests are packed)")
+        parser.add_argument("--max-upload-mb", type=_seconds("--max-upload-mb"), default=64.0)
+        parser.add_argument("--threads", type=_at_least(1, "--threads"), default=1)
+        args = parser.parse_args(argv)
+        if args.rank >= args.servers:
+            parser.error(f"--rank must be < --servers ({args.servers}), got {args.rank}")
+        for flag in ("cert", "key"):
+            if not getattr(args, flag).is_file():
+                parser.error(f"--{flag} {getattr(args, flag)} is not a file (create it with 'pricure admin cert')")
+        from .parties.net.node import NodeConfig, serve
+
+        config = NodeConfig(
+            rank=args.rank, servers=args.servers, rendezvous=args.rendezvous, host=args.listen[0],
+            port=args.listen[1], data_dir=args.data_dir, certfile=args.cert, keyfile=args.key,
+            aggregation=args.aggregation, epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism,
+            colluding=args.colluding, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+            wait=args.wait, timeout=args.timeout, incomplete_after=args.incomplete_after, max_rows=args.max_batch,
+            max_upload=int(args.max_upload_mb * 1024 * 1024), threads=args.threads, argv=("serve", *argv),
+        )
+        return serve(config)
+    if command == "dealer":
+        parser.description = "Run the dealer (CrypTen's TTP) as its own process, until killed."
+        parser.add_argument("--servers", type=_at_least(2, "--servers"), required=True)
+        parser.add_argument("--rendezvous", type=_rendezvous, required=True)
+        parser.add_argument("--wait", type=_seconds("--wait"), default=120.0)
+        args = parser.parse_args(argv)
+        from .parties.net.node import run_dealer_node
+
+        return run_dealer_node(servers=args.servers, rendezvous=args.rendezvous, wait=args.wait,
+                               argv=("dealer", *argv))
+    if command == "admin":
+        sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+        p = sub.add_parser("ca", help="create the deployment's self-signed CA")
+        p.add_argument("--out", type=Path, required=True)
+        p = sub.add_parser("cert", help="a server certificate for HOST signed by the CA")
+        p.add_argument("--ca", type=Path, required=True, help="the directory with ca.pem and ca.key")
+        p.add_argument("--host", required=True, help="the server's IP address or DNS name")
+        p.add_argument("--out", type=Path, required=True)
+        p = sub.add_parser("add", help="register a client or owner credential on servers' data dirs")
+        p.add_argument("--role", choices=["client", "owner"], required=True)
+        p.add_argument("--id", required=True, help="the identity (the budget key of a client)")
+        p.add_argument("--token-file", type=Path, required=True,
+                       help="written (0600) if missing, else its token is registered")
+        p.add_argument("--data-dir", type=Path, action="append", required=True)
+        args = parser.parse_args(argv)
+        from .parties.net import credentials
+
+        if args.action == "ca":
+            pem, _ = credentials.make_ca(args.out)
+            print(f"CA certificate {pem} (share it); its key {args.out / 'ca.key'} (keep it offline)")
+        elif args.action == "cert":
+            pem, key = credentials.make_server_cert(args.ca, args.host, args.out)
+            print(f"server certificate {pem} and key {key} for {args.host}")
+        else:
+            created = credentials.add_credential(role=args.role, identity=args.id, token_file=args.token_file,
+                                                 data_dirs=args.data_dir)
+            print(f"{args.role} {args.id}: {'new token in' if created else 'token from'} {args.token_file}; "
+                  f"registered (hash only) in {len(args.data_dir)} data dir(s)")
+        return 0
+    common = _Parser(add_help=False)
+    common.add_argument("--servers", type=_server_list, required=True, help="HOST:PORT,HOST:PORT,... in rank order")
+    common.add_argument("--token-file", type=Path, required=True)
+    common.add_argument("--ca", type=Path, required=True, help="the deployment CA certificate (ca.pem)")
+    if command == "owner":
+        sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+        p = sub.add_parser("upload", parents=[common], help="share a model and upload share i to server i")
+        p.add_argument("model", type=Path, help="a torch.save()d nn.Sequential (your own file)")
+        p.add_argument("--input-shape", required=True, help="shape of one example, e.g. 30 or 1,28,28")
+        p.add_argument("--classes", type=_at_least(2, "--classes"), required=True)
+        sub.add_parser("withdraw", parents=[common], help="remove your model from every server")
+        args = parser.parse_args(argv)
+        from .parties.net.remote import upload_model, withdraw_model
+
+        if args.action == "withdraw":
+            withdraw_model(servers=args.servers, credential=args.token_file, ca=args.ca)
+            print("withdrawn")
+            return 0
+        import torch
+
+        from .parties.owner import ModelOwner
+
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+        model = torch.load(args.model, weights_only=False)
+        owner = ModelOwner(name="owner", model=model, input_shape=shape, num_classes=args.classes)
+        upload_id = upload_model(owner, servers=args.servers, credential=args.token_file, ca=args.ca)
+        print(f"uploaded to {len(args.servers)} servers (upload id {upload_id})")
+        return 0
+    # query
+    parser.add_argument("--servers", type=_server_list, required=True)
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--ca", type=Path, required=True)
+    parser.add_argument("--input", type=Path, required=True, help="a .npy float array (batch, *input_shape)")
+    parser.add_argument("--timeout", type=_seconds("--timeout"), default=60.0)
+    args = parser.parse_args(argv)
+    import numpy as np
+
+    from .parties.net.remote import RemoteEnsemble
+
+    batch = np.load(args.input, allow_pickle=False)
+    with RemoteEnsemble(servers=args.servers, credential=args.token_file, ca=args.ca,
+                        timeout=args.timeout) as ensemble:
+        labels = ensemble.predict(batch)
+    print(json.dumps({"labels": labels.tolist()}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["budget"]:
         from .privacy.accounting.cli import budget_main
 
         return budget_main(argv[1:])
+    if argv[:1] and argv[0] in ("serve", "dealer", "admin", "owner", "query"):
+        try:
+            return _deployment_main(argv[0], argv[1:])
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            print(f"pricure {argv[0]}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     parser = _Parser(prog="pricure", description="Private collaborative prediction (PRICURE on CrypTen).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _demo_parser(sub)
     sub.add_parser("budget", help="show or reset a client's privacy budget (see 'pricure budget --help')")
+    for name, text in (("serve", "run one server with its HTTPS front door"), ("dealer", "run the dealer"),
+                       ("admin", "CA, server certificates, credentials"), ("owner", "upload/withdraw a model"),
+                       ("query", "private labels from a deployment")):
+        sub.add_parser(name, help=f"{text} (see 'pricure {name} --help')")
     args = parser.parse_args(argv)
     try:
         return _run_demo(args)

@@ -25,7 +25,7 @@ from .demo_config import DemoConfig
 from ..privacy.noise import NoNoise
 from ..parties.owner import ModelOwner
 from .partition import describe_partition, partition
-from ..ensemble import PrivateEnsemble
+from ..ensemble import Cost, PrivateEnsemble
 from .training import accuracy, train_owners
 
 REPORT_DELTA = 1e-5  # the total delta at which the demo reports the client's spent epsilon
@@ -71,20 +71,24 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     ]
     client = Client("demo-client")
     mechanism = config.aggregation.noise
-    private_labels, costs = [], []
-    with tempfile.TemporaryDirectory(prefix="pricure-demo-") as tmp, PrivacyLedger(
-        Path(tmp) / "ledger.sqlite3", total_epsilon=float("inf"), total_delta=REPORT_DELTA
-    ) as ledger, PrivateEnsemble(
-        owners, aggregation=config.aggregation, cluster=config.cluster, ledger=ledger,
-    ) as ensemble:
-        for start in range(0, config.queries, config.batch_size):
-            prediction = ensemble.predict(queries[start:start + config.batch_size], client=client)
-            private_labels.append(prediction.labels)
-            costs.append(prediction.cost)
-        budget = ledger.status(client.name)
+    if config.deployment == "processes":
+        private_labels, costs, budget = _predict_deployed(config, owners, queries)
+    else:
+        private_labels, costs = [], []
+        with tempfile.TemporaryDirectory(prefix="pricure-demo-") as tmp, PrivacyLedger(
+            Path(tmp) / "ledger.sqlite3", total_epsilon=float("inf"), total_delta=REPORT_DELTA
+        ) as ledger, PrivateEnsemble(
+            owners, aggregation=config.aggregation, cluster=config.cluster, ledger=ledger,
+        ) as ensemble:
+            for start in range(0, config.queries, config.batch_size):
+                prediction = ensemble.predict(queries[start:start + config.batch_size], client=client)
+                private_labels.append(prediction.labels)
+                costs.append(prediction.cost)
+            budget = ledger.status(client.name)
     private = np.concatenate(private_labels)
     truth_np = truth.numpy()
     return {
+        "deployment": config.deployment,
         "dataset": dataset.name,
         "owners": config.owners,
         "servers": config.cluster.num_servers,
@@ -115,6 +119,43 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "owner_shards": shards,
         "config": _config_summary(config),
     }
+
+
+def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: torch.Tensor) -> tuple:
+    """The same predictions through the front doors of separately started ``pricure serve`` processes."""
+    import time
+
+    from ..privacy.noise import GaussianNoise
+    from .deployment import ProcessDeployment
+
+    noise = config.aggregation.noise
+    flags = ["--epsilon", repr(float(noise.epsilon)), "--aggregation", config.aggregation.method,
+             "--colluding", str(config.cluster.colluding), "--budget-delta", repr(REPORT_DELTA)]
+    if isinstance(noise, GaussianNoise):
+        flags += ["--mechanism", "gaussian", "--delta", repr(float(noise.delta))]
+    if config.aggregation.logit_bound != 64.0 or type(noise).__name__ not in ("LaplaceNoise", "GaussianNoise",
+                                                                            "NoNoise"):
+        raise ValueError("--deployment processes supports the CLI's mechanisms (laplace, gaussian, inf) only")
+    labels, costs = [], []
+    with ProcessDeployment(servers=config.cluster.num_servers, owners=[o.name for o in owners],
+                           clients=["demo-client"], serve_flags=flags) as deployment:
+        for owner in owners:
+            deployment.upload(owner)
+        deployment.wait_ready(len(owners))
+        with deployment.remote("demo-client") as remote:
+            for start in range(0, config.queries, config.batch_size):
+                began = time.perf_counter()
+                labels.append(remote.predict(queries[start:start + config.batch_size]))
+                costs.append(time.perf_counter() - began)
+        health = [deployment.health(r) for r in range(config.cluster.num_servers)]
+        budget = deployment.budget(0, "demo-client")
+    batches = max(1, health[0]["batches"])
+    cost = [Cost(queries=len(l), seconds=s, mpc_seconds=health[0]["totals"]["mpc_seconds"] / batches,
+                 rounds=health[0]["totals"]["rounds"] // batches,
+                 bytes_sent=sum(h["totals"]["bytes"] for h in health) * len(l) / config.queries,
+                 reveals=1, server_decodes=sum(h["totals"]["decodes"] for h in health))
+            for l, s in zip(labels, costs)]
+    return labels, cost, budget
 
 
 def _config_summary(config: DemoConfig) -> dict[str, Any]:

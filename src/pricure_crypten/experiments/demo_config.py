@@ -33,6 +33,7 @@ class DemoConfig:
     quiet: bool = False
     aggregation: Aggregation = field(default_factory=Aggregation)
     cluster: Cluster = field(default_factory=Cluster)
+    deployment: str = "library"  # or "processes": every party its own pricure serve/dealer process
 
     def __post_init__(self) -> None:
         """Cheap checks before anything is loaded or trained."""
@@ -42,3 +43,5 @@ class DemoConfig:
             raise TypeError(f"aggregation must be an Aggregation, not {type(self.aggregation).__name__}")
         if not isinstance(self.cluster, Cluster):
             raise TypeError(f"cluster must be a Cluster, not {type(self.cluster).__name__}")
+        if self.deployment not in ("library", "processes"):
+            raise ValueError(f"--deployment must be 'library' or 'processes', got {self.deployment!r}")

@@ -27,16 +27,19 @@ from .process import join_rendezvous, set_distributed_timeout, start_heartbeat
 DEALER_IDLE_TIMEOUT = 365 * 24 * 3600.0
 
 
-def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: int) -> None:
-    """Entry point of the dealer process (spawned; rank ``world_size``)."""
-    start_heartbeat(heartbeat, parent_pid)
+def run_dealer(*, world_size: int, rendezvous: str, timeout: float = DEALER_IDLE_TIMEOUT) -> None:
+    """Join the MPC as the dealer (rank ``world_size``) and deal until the servers shut down.
+
+    Both modes run this: the in-process cluster's dealer process and ``pricure dealer``.
+    ``timeout`` bounds the wait for the servers at the rendezvous and every idle receive.
+    """
     join_rendezvous(rank=world_size, world_size=world_size, rendezvous=rendezvous)
     import torch
 
     from ..mpc._crypten import crypten
 
     torch.set_num_threads(1)
-    set_distributed_timeout(DEALER_IDLE_TIMEOUT)
+    set_distributed_timeout(timeout)
     # TTPServer draws every party's triple seed with torch.randint from torch's
     # default generator: seed that generator from the OS CSPRNG first.
     torch.manual_seed(secrets.randbits(63))
@@ -44,3 +47,9 @@ def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: in
     # (no environment override exists; without it the world size is wrong and it hangs).
     crypten.cfg.mpc.provider = "TTP"
     crypten.mpc.provider.TTPServer()  # serves requests until the servers shut down
+
+
+def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: int) -> None:
+    """Entry point of the dealer process (spawned; rank ``world_size``)."""
+    start_heartbeat(heartbeat, parent_pid)
+    run_dealer(world_size=world_size, rendezvous=rendezvous)

@@ -144,6 +144,29 @@ class ServerState:
         }
 
 
+def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, threads: int,
+                timeout: float) -> DecodeAudit:
+    """Join the MPC as server ``rank`` (both modes: the in-process cluster and ``pricure serve``).
+
+    Sets the environment CrypTen reads (RENDEZVOUS explicit), an explicit
+    torch.distributed timeout (it also bounds the wait for the other parties
+    at the rendezvous), installs the decode audit and runs ``crypten.init()``.
+    """
+    join_rendezvous(rank=rank, world_size=world_size, rendezvous=rendezvous)
+    import torch
+
+    from ..mpc._crypten import crypten
+
+    torch.set_num_threads(threads)
+    crypten.cfg.mpc.provider = provider
+    crypten.cfg.communicator.verbose = True
+    set_distributed_timeout(timeout)
+    audit = DecodeAudit()
+    audit.install()
+    crypten.init()
+    return audit
+
+
 def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) -> None:
     """Entry point of a server process (spawned): serve requests in sequence order until 'shutdown'.
 
@@ -154,18 +177,10 @@ def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) 
     server exits (the launcher then tears the cluster down: nothing is revealed).
     """
     start_heartbeat(heartbeat, config.parent_pid)
-    join_rendezvous(rank=config.rank, world_size=config.world_size, rendezvous=config.rendezvous)
-    import torch
-
+    audit = start_party(rank=config.rank, world_size=config.world_size, rendezvous=config.rendezvous,
+                        provider=config.provider, threads=config.threads, timeout=config.request_timeout)
     from ..mpc._crypten import crypten
 
-    torch.set_num_threads(config.threads)
-    crypten.cfg.mpc.provider = config.provider
-    crypten.cfg.communicator.verbose = True
-    set_distributed_timeout(config.request_timeout)
-    audit = DecodeAudit()
-    audit.install()
-    crypten.init()
     replies.send((0, "ready", {"pid": os.getpid()}))
     state = ServerState(config, audit)
     expected = 1

@@ -1,0 +1,580 @@
+"""One networked server (``pricure serve``): an HTTPS front door and the MPC loop, in one process.
+
+Two threads share one :class:`Node`:
+
+* the **front door** (FastAPI on uvicorn, TLS) authenticates owners and
+  clients by bearer token (:mod:`.credentials`), stores owners' share
+  bundles on disk and queues clients' query shares; it never computes;
+* the **MPC loop** (the main thread) is a CrypTen party. It drives the same
+  :class:`~pricure_crypten.parties.server.ServerState` as the in-process
+  mode. Every tick, server 0 proposes the next step with public metadata
+  only (``broadcast_object_list``): load the owners' current uploads, or
+  compute these request ids (several clients' rows packed into one MPC
+  batch); every server answers with its vote (``all_gather_object``):
+  ``ok`` (it holds the share, the id is new, and the client's budget in
+  ITS OWN ledger has room: reserved), ``wait`` (share not here yet) or a
+  refusal. Only ids that every server accepted are computed; a refusal
+  anywhere stops the request everywhere before any MPC work, and every
+  reservation is rolled back; an id that has not reached every server
+  within ``incomplete_after`` seconds is dropped everywhere. The decision
+  is a function of the gathered votes, so all servers take the same one.
+
+A failure of the MPC itself (a peer or the dealer dies, a collective times
+out) fails every request in flight (reservations rolled back: nothing was
+released, since a label share is served only after its spend is confirmed),
+then the process re-executes itself and waits at the rendezvous for the
+restarted peer, reloading the owners' shares from disk.
+
+Who sees what: this process holds one share of every model and query and
+one share of every label; the only thing it learns in the clear is public
+metadata (ids, row counts, shapes, client identities, votes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .credentials import CredentialTable
+from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, decode_array, \
+    encode_array
+
+logger = logging.getLogger("pricure_crypten.serve")
+
+JOIN_TIMEOUT_EXIT = 3
+SETTINGS_MISMATCH_EXIT = 4
+RESULT_TTL = 600.0  # seconds a finished request's outcome stays readable
+RESTARTED = "server {rank} restarted (its MPC failed) before this request finished; nothing was charged"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    rank: int
+    servers: int
+    rendezvous: str
+    host: str
+    port: int
+    data_dir: Path
+    certfile: Optional[Path]
+    keyfile: Optional[Path]
+    aggregation: str = "vote"
+    epsilon: float = float("inf")
+    delta: Optional[float] = None
+    mechanism: str = "laplace"
+    logit_bound: float = 64.0
+    colluding: int = 0
+    budget_epsilon: float = float("inf")
+    budget_delta: float = 0.0
+    wait: float = 120.0  # bound on waiting for the other parties at the rendezvous
+    timeout: float = 60.0  # torch.distributed timeout of every collective
+    incomplete_after: float = 10.0  # a request not at every server by then is dropped
+    max_rows: int = 256  # rows per MPC batch (dynamic batching)
+    max_upload: int = MAX_BUNDLE_BYTES
+    tick: float = 0.1
+    threads: int = 1
+    provider: str = "TTP"
+    argv: tuple[str, ...] = field(default=(), compare=False)  # to re-execute after an MPC failure
+
+    def public_settings(self) -> dict:
+        """What every server must agree on (checked after joining the MPC)."""
+        return {"servers": self.servers, "aggregation": self.aggregation, "epsilon": repr(self.epsilon),
+                "delta": repr(self.delta), "mechanism": self.mechanism, "logit_bound": self.logit_bound,
+                "colluding": self.colluding, "provider": self.provider}
+
+
+@dataclass
+class Pending:
+    client: str
+    share: np.ndarray
+    arrived: float
+    status: str = "pending"  # pending | done | failed
+    label_share: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    finished: float = 0.0
+
+
+class RequestLog:
+    """Every request id this server ever accepted, on disk: a replayed id is refused even after a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, client TEXT NOT NULL, "
+                         "status TEXT NOT NULL, error TEXT)")
+
+    def claim(self, request_id: str, client: str) -> bool:
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO requests VALUES (?, ?, 'pending', NULL)", (request_id, client))
+                return True
+            except sqlite3.IntegrityError:
+                return False
+
+    def finish(self, request_id: str, status: str, error: Optional[str] = None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE requests SET status = ?, error = ? WHERE id = ?", (status, error, request_id))
+
+    def lookup(self, request_id: str) -> Optional[tuple[str, str, Optional[str]]]:
+        with self._lock:
+            return self._db.execute("SELECT client, status, error FROM requests WHERE id = ?",
+                                    (request_id,)).fetchone()
+
+    def fail_unfinished(self, error: str) -> int:
+        with self._lock:
+            return self._db.execute("UPDATE requests SET status = 'failed', error = ? WHERE status = 'pending'",
+                                    (error,)).rowcount
+
+
+class ModelStore:
+    """The owners' share bundles on disk (``models/OWNER.npz`` + ``.json``); on their own, uniformly random."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def meta(self) -> dict[str, dict]:
+        with self._lock:
+            out = {}
+            for path in sorted(self.dir.glob("*.json")):
+                try:
+                    out[path.stem] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+            return out
+
+    def put(self, owner: str, upload_id: str, data: bytes) -> dict:
+        bundle, shape, classes = bundle_from_bytes(data, owner=owner, max_bytes=self.max_bytes)  # checks first
+        with self._lock:
+            for other, meta in self._meta_unlocked().items():
+                if other != owner and (tuple(meta["input_shape"]) != shape or meta["num_classes"] != classes):
+                    raise WireError(f"this model takes inputs {list(shape)} with {classes} classes, but owner "
+                                    f"{other}'s takes {meta['input_shape']} with {meta['num_classes']}")
+            meta = {"owner": owner, "upload_id": upload_id, "input_shape": list(shape), "num_classes": classes,
+                    "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            tmp = self.dir / f".{owner}.npz.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, self.dir / f"{owner}.npz")
+            tmp = self.dir / f".{owner}.json.tmp"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, self.dir / f"{owner}.json")
+        return meta
+
+    def _meta_unlocked(self) -> dict[str, dict]:
+        out = {}
+        for path in self.dir.glob("*.json"):
+            try:
+                out[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def remove(self, owner: str) -> bool:
+        with self._lock:
+            found = (self.dir / f"{owner}.json").exists()
+            for suffix in (".json", ".npz"):
+                (self.dir / f"{owner}{suffix}").unlink(missing_ok=True)
+            return found
+
+    def load(self, wanted: list[tuple[str, str]]) -> Optional[list[Any]]:
+        """The bundles of exactly these (owner, upload id) pairs, or None if this server lacks one."""
+        with self._lock:
+            bundles = []
+            for owner, upload_id in wanted:
+                try:
+                    meta = json.loads((self.dir / f"{owner}.json").read_text())
+                    if meta["upload_id"] != upload_id:
+                        return None
+                    data = (self.dir / f"{owner}.npz").read_bytes()
+                except (OSError, ValueError, KeyError):
+                    return None
+                try:
+                    bundles.append(bundle_from_bytes(data, owner=owner, max_bytes=1 << 62)[0])
+                except WireError:
+                    logger.error("the stored bundle of owner %s is unreadable; not loading it", owner)
+                    return None
+            return bundles
+
+
+class Node:
+    """The state the front door and the MPC loop share."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.credentials = CredentialTable(data)
+        self.models = ModelStore(data / "models", config.max_upload)
+        self.log = RequestLog(data / "requests.sqlite3")
+        restarted = self.log.fail_unfinished(RESTARTED.format(rank=config.rank))
+        if restarted:
+            logger.warning("%d requests were unfinished when this server last stopped: marked failed", restarted)
+        self.lock = threading.Lock()
+        self.pending: dict[str, Pending] = {}
+        self.mpc_state = "joining"
+        self.loaded: list[tuple[str, str]] = []
+        self.input_shape: Optional[tuple[int, ...]] = None
+        self.num_classes: Optional[int] = None
+        self.batches = 0
+        self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
+        self.ledger = self._open_ledger(data / "ledger.sqlite3")
+
+    def _open_ledger(self, path: Path) -> Any:
+        from ...privacy.accounting import PrivacyLedger
+
+        ledger = PrivacyLedger(path, total_epsilon=self.config.budget_epsilon, total_delta=self.config.budget_delta)
+        # A reservation left by a killed process belongs to a request whose label share this server never
+        # released (shares go out only after confirm): give it back. This server alone writes this ledger.
+        with ledger._store.transaction("void reservations of a stopped process") as conn:
+            voided = conn.execute("DELETE FROM spends WHERE status = 'reserved'").rowcount
+        if voided:
+            logger.warning("voided %d reservations left by the previous process (never released)", voided)
+        return ledger
+
+    # -- front door side --
+
+    def public_info(self) -> dict:
+        meta = self.models.meta()
+        first = next(iter(meta.values()), None)
+        with self.lock:
+            return {"rank": self.config.rank, "servers": self.config.servers, "mpc": self.mpc_state,
+                    "owners_loaded": [o for o, _ in self.loaded], "owners_stored": sorted(meta),
+                    "input_shape": first["input_shape"] if first else None,
+                    "num_classes": first["num_classes"] if first else None,
+                    "pending": sum(p.status == "pending" for p in self.pending.values()),
+                    "batches": self.batches, "totals": dict(self.totals),
+                    "settings": self.config.public_settings()}
+
+    def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
+        if not REQUEST_ID.match(request_id):
+            raise WireError("request_id must be 32 lowercase hex digits (a fresh random id per request)")
+        meta = self.models.meta()
+        if not meta:
+            raise LookupError("no owner has uploaded a model to this server yet")
+        shape = tuple(next(iter(meta.values()))["input_shape"])
+        if share.ndim != len(shape) + 1 or tuple(share.shape[1:]) != shape:
+            raise ShapeError(f"the query share must have shape (rows, {', '.join(map(str, shape))}), "
+                            f"got {list(share.shape)}")
+        if share.shape[0] > min(MAX_QUERY_ROWS, self.config.max_rows):
+            raise ShapeError(f"at most {min(MAX_QUERY_ROWS, self.config.max_rows)} rows per request, "
+                            f"got {share.shape[0]}")
+        if not self.log.claim(request_id, client):
+            raise FileExistsError(f"request id {request_id} was already used: a replayed request is refused")
+        with self.lock:
+            self.pending[request_id] = Pending(client, share, time.monotonic())
+
+    def result(self, client: str, request_id: str) -> Optional[dict]:
+        with self.lock:
+            item = self.pending.get(request_id)
+            if item is not None:
+                if item.client != client:
+                    return None  # someone else's request: indistinguishable from an unknown id
+                out = {"request_id": request_id, "status": item.status, "error": item.error}
+                if item.status == "done":
+                    out["label_share"] = encode_array(item.label_share)
+                return out
+        row = self.log.lookup(request_id)
+        if row is None or row[0] != client:
+            return None
+        return {"request_id": request_id, "status": "failed" if row[1] != "done" else "expired",
+                "error": row[2] or "the result is no longer held by this server"}
+
+    # -- MPC loop side --
+
+    def _finish(self, request_id: str, status: str, *, label_share: Any = None, error: Optional[str] = None) -> None:
+        with self.lock:
+            item = self.pending.get(request_id)
+            if item is None:
+                return
+            item.status, item.label_share, item.error, item.finished = status, label_share, error, time.monotonic()
+            item.share = np.empty(0, dtype=np.int64)
+        self.log.finish(request_id, status, error)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for rid in [r for r, p in self.pending.items() if p.status != "pending" and now - p.finished > RESULT_TTL]:
+                del self.pending[rid]
+            stale = [r for r, p in self.pending.items()
+                     if p.status == "pending" and now - p.arrived > 3 * self.config.incomplete_after]
+        for rid in stale:  # never proposed by server 0 (it never reached it): dropped here too
+            self._finish(rid, "failed", error="the request did not reach every server in time; dropped, "
+                                              "nothing charged")
+
+    def _proposal(self) -> dict:
+        meta = self.models.meta()
+        wanted = sorted((owner, m["upload_id"]) for owner, m in meta.items())
+        now = time.monotonic()
+        if wanted != self.loaded and now >= getattr(self, "_next_load_try", 0.0):
+            self._next_load_try = now + 1.0
+            return {"op": "load", "models": wanted}
+        ids, rows = [], 0
+        with self.lock:
+            for rid, item in self.pending.items():  # insertion order = arrival order at server 0
+                if item.status != "pending":
+                    continue
+                n = item.share.shape[0]
+                if ids and rows + n > self.config.max_rows:
+                    break
+                ids.append((rid, item.client, list(item.share.shape)))
+                rows += n
+        return {"op": "predict", "ids": ids} if ids else {"op": "idle"}
+
+    def _vote_predict(self, ids: list) -> tuple[list, dict]:
+        """This server's vote on each proposed id, and the reservations it made."""
+        from ...privacy.accounting.errors import BudgetExceededError
+
+        votes, spends = [], {}
+        now = time.monotonic()
+        for rid, client, shape in ids:
+            with self.lock:
+                item = self.pending.get(rid)
+            if item is None:
+                row = self.log.lookup(rid)
+                if row is not None and row[1] != "pending":  # 'pending' here: being submitted right now
+                    votes.append(("refuse", f"server {self.config.rank} has already finished request {rid} "
+                                            f"({row[1]})", 0.0))
+                else:
+                    votes.append(("wait", None, 0.0))
+                continue
+            age = now - item.arrived
+            if item.status != "pending":
+                votes.append(("refuse", f"server {self.config.rank} already finished this request", age))
+            elif item.client != client or list(item.share.shape) != shape:
+                votes.append(("refuse", "the servers received different clients or shapes for this request id",
+                              age))
+            elif self.aggregation_ready is False:
+                votes.append(("refuse", "no owner models are loaded", age))
+            else:
+                spend = self.ledger.spend(client, self.mechanism, queries=shape[0])
+                try:
+                    spend.__enter__()
+                except BudgetExceededError as error:
+                    votes.append(("refuse", f"over budget on server {self.config.rank}: {error}", age))
+                    continue
+                spends[rid] = spend
+                votes.append(("ok", None, age))
+        return votes, spends
+
+    def step(self, state: Any, comm: Any, dist: Any) -> None:
+        """One tick of the agreement protocol (all servers call it in lockstep)."""
+        group = comm.main_group
+        box = [self._proposal() if self.config.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=group)
+        proposal = box[0]
+        if proposal["op"] == "idle":
+            return
+        if proposal["op"] == "load":
+            wanted = [tuple(x) for x in proposal["models"]]
+            bundles = self.models.load(wanted)
+            votes: list = [None] * self.config.servers
+            dist.all_gather_object(votes, bundles is not None, group=group)
+            if all(votes):
+                self._load(state, wanted, bundles)
+            return
+        ids = proposal["ids"]
+        mine, spends = self._vote_predict(ids)
+        try:
+            self._decide_and_run(state, dist, group, ids, mine, spends)
+        except BaseException:
+            for rid, spend in spends.items():  # reserved in this step, never confirmed: nothing was released
+                if spend.state == "reserved":
+                    spend.cancel()
+                    self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing was "
+                                                      "revealed or charged")
+            raise
+
+    def _decide_and_run(self, state: Any, dist: Any, group: Any, ids: list, mine: list, spends: dict) -> None:
+        votes = [None] * self.config.servers
+        dist.all_gather_object(votes, mine, group=group)
+        run = []
+        for index, (rid, client, shape) in enumerate(ids):
+            column = [v[index] for v in votes]
+            kinds = [c[0] for c in column]
+            if all(k == "ok" for k in kinds):
+                run.append((rid, shape[0]))
+                continue
+            spend = spends.pop(rid, None)
+            if spend is not None:
+                spend.cancel()  # refused or incomplete: nothing charged
+            refusals = [c[1] for c in column if c[0] == "refuse"]
+            if refusals:
+                self._finish(rid, "failed", error="refused: " + "; ".join(sorted(set(refusals))))
+            elif max(c[2] for c in column) > self.config.incomplete_after:
+                waiting = [str(r) for r, c in enumerate(column) if c[0] == "wait"]
+                error = (f"the query share did not reach server(s) {', '.join(waiting)} within "
+                         f"{self.config.incomplete_after:g} s; dropped on every server, nothing charged")
+                if self.log.lookup(rid) is None:  # a late share is then refused as a replay
+                    self.log.claim(rid, client)
+                self._finish(rid, "failed", error=error)
+                self.log.finish(rid, "failed", error)
+        if not run:
+            return
+        with self.lock:
+            shares = [self.pending[rid].share for rid, _ in run]
+        reply = state.op_predict({"query_share": np.concatenate(shares, axis=0)})
+        if reply["decodes"]:
+            raise RuntimeError(f"server {self.config.rank} decoded {reply['decodes']} values (must be 0)")
+        start = 0
+        for rid, rows in run:
+            spends[rid].confirm()  # committed before the share is served
+            self._finish(rid, "done", label_share=reply["label_share"][start:start + rows])
+            start += rows
+        with self.lock:
+            self.batches += 1
+            self.totals["rows"] += start
+            self.totals["mpc_seconds"] += reply["seconds"]
+            self.totals["bytes"] += reply["bytes"]
+            self.totals["rounds"] += reply["rounds"]
+            self.totals["decodes"] += reply["decodes"]
+
+    aggregation_ready: Optional[bool] = False
+    mechanism: Any = None
+
+    def _load(self, state: Any, wanted: list[tuple[str, str]], bundles: list[Any]) -> None:
+        from ...privacy.noise import calibrate
+
+        c = self.config
+        self.mechanism = calibrate(epsilon=c.epsilon, delta=c.delta, mechanism=c.mechanism, aggregation=c.aggregation)
+        if bundles:
+            state.op_load({"bundles": bundles, "aggregation": c.aggregation, "mechanism": self.mechanism,
+                           "colluding": c.colluding, "logit_bound": c.logit_bound, "noise_seed": None,
+                           "stacking": True})
+        else:
+            state.networks, state.aggregation = [], None
+        with self.lock:
+            self.loaded = list(wanted)
+            self.aggregation_ready = bool(bundles)
+        logger.info("loaded the shares of %d owners: %s", len(wanted), ", ".join(o for o, _ in wanted))
+
+    def fail_all(self, error: str) -> None:
+        with self.lock:
+            ids = [r for r, p in self.pending.items() if p.status == "pending"]
+        for rid in ids:
+            self._finish(rid, "failed", error=error)
+
+
+def _watchdog(what: str, wait: float, message: str) -> None:
+    """Exit with a clear message if this party has not joined the MPC within ``wait`` seconds."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            check = getattr(sys.modules.get("crypten.communicator"), "is_initialized", None)
+            try:
+                if check is not None and check():
+                    return
+            except Exception:  # noqa: BLE001 - still importing
+                pass
+        sys.stderr.write(f"pricure {what}: error: {message}\n")
+        sys.stderr.flush()
+        os._exit(JOIN_TIMEOUT_EXIT)
+
+    threading.Thread(target=watch, name="pricure-join-watchdog", daemon=True).start()
+
+
+def run_dealer_node(*, servers: int, rendezvous: str, wait: float, argv: Sequence[str]) -> int:
+    """``pricure dealer``: the dealer as its own process; rejoins (a fresh child) when the servers' MPC ends."""
+    from . import supervisor
+
+    if not supervisor.is_child():
+        return supervisor.supervise("dealer", argv, wait=wait)
+    supervisor.watch_parent()
+    from ..dealer import DEALER_IDLE_TIMEOUT, run_dealer
+
+    print(f"pricure dealer: joining the MPC of {servers} servers at {rendezvous}", file=sys.stderr, flush=True)
+    _watchdog("dealer", wait, f"the dealer waited {wait:g} s at the rendezvous {rendezvous} for the {servers} "
+                              "servers; start them (any order) with the same --servers and --rendezvous, or raise "
+                              "--wait")
+    try:
+        run_dealer(world_size=servers, rendezvous=rendezvous, timeout=DEALER_IDLE_TIMEOUT)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as error:  # noqa: BLE001 - the rendezvous broke or a peer died mid-deal: rejoin
+        print(f"pricure dealer: the MPC failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+              "rejoining", file=sys.stderr, flush=True)
+    else:  # TTPServer returns when a server's connection drops (or on 'terminate')
+        print("pricure dealer: the servers' MPC ended; rejoining", file=sys.stderr, flush=True)
+    os._exit(supervisor.REJOIN)
+
+
+def serve(config: NodeConfig) -> int:
+    """Run one server until killed: a supervisor, and in its child the front door and the MPC loop."""
+    from . import supervisor
+
+    if not supervisor.is_child():
+        return supervisor.supervise("serve", config.argv, wait=config.wait)
+    supervisor.watch_parent()
+    from .app import start_front_door
+    from ..server import ServerConfig, ServerState, start_party
+
+    node = Node(config)
+    front = start_front_door(node)
+    print(f"pricure serve: server {config.rank}/{config.servers} front door on "
+          f"{'https' if config.certfile else 'http'}://{config.host}:{config.port}; "
+          f"joining the MPC at {config.rendezvous}", file=sys.stderr, flush=True)
+    _watchdog("serve", config.wait,
+              f"server {config.rank} waited {config.wait:g} s at the rendezvous {config.rendezvous} for the other "
+              f"{config.servers - 1} server(s) and the dealer; start them (any order) with the same --servers and "
+              "--rendezvous, or raise --wait")
+    try:
+        audit = start_party(rank=config.rank, world_size=config.servers, rendezvous=config.rendezvous,
+                            provider=config.provider, threads=config.threads,
+                            timeout=max(config.timeout, config.wait + 5.0))
+        import torch.distributed as dist
+
+        from ...mpc._crypten import crypten
+
+        comm = crypten.communicator.get()
+        settings: list = [None] * config.servers
+        dist.all_gather_object(settings, config.public_settings(), group=comm.main_group)
+    except Exception as error:  # noqa: BLE001 - a peer left during the rendezvous: retry (bounded)
+        print(f"pricure serve: server {config.rank}: joining failed ({str(error).splitlines()[0][:200]}); retrying",
+              file=sys.stderr, flush=True)
+        front.stop()
+        os._exit(supervisor.JOIN_FAILED)
+    if any(s != settings[0] for s in settings):
+        print(f"pricure serve: error: the servers disagree on their settings: {settings}", file=sys.stderr,
+              flush=True)
+        os._exit(SETTINGS_MISMATCH_EXIT)
+    state = ServerState(ServerConfig(config.rank, config.servers, config.rendezvous, config.provider,
+                                     config.threads, config.timeout, os.getppid()), audit)
+    with node.lock:
+        node.mpc_state = "ready"
+    print(f"pricure serve: server {config.rank} joined the MPC with {config.servers - 1} other server(s) and "
+          "the dealer", file=sys.stderr, flush=True)
+    try:
+        while True:
+            node._expire()
+            started = time.monotonic()
+            node.step(state, comm, dist)
+            time.sleep(max(0.0, config.tick - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        front.stop()
+        return 0
+    except BaseException:  # noqa: BLE001 - the MPC is broken: fail what is in flight, rejoin fresh
+        detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        with node.lock:
+            node.mpc_state = "failed"  # health shows it until the fresh party process answers
+        node.fail_all(f"the MPC between the servers failed ({detail}); nothing was revealed or charged")
+        print(f"pricure serve: server {config.rank}: the MPC failed ({detail}); restarting to rejoin",
+              file=sys.stderr, flush=True)
+        time.sleep(0.3)  # polling clients read the failures now, or from disk after the restart
+        front.stop()
+        os._exit(supervisor.REJOIN)
+    return 0

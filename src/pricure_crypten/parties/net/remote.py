@@ -1,0 +1,186 @@
+"""The remote parties: a client (:class:`RemoteEnsemble`) and an owner (:func:`upload_model`).
+
+Both share locally and send share ``i`` to server ``i`` only, over HTTPS
+verified against the deployment's CA, authenticated by a bearer token.
+Only the client ever holds all N label shares; :meth:`Client.reveal` is the
+one reconstruction, as in library mode.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..client import Client
+from .wire import bundle_to_bytes, decode_array, encode_array
+
+
+class RemoteError(RuntimeError):
+    """A request failed or was refused; the text says where and why. Nothing was revealed."""
+
+
+def _token(credential: Union[str, Path]) -> str:
+    path = Path(credential)
+    if len(str(credential)) < 200 and path.is_file():
+        return path.read_text().strip()
+    return str(credential).strip()
+
+
+def _detail(response: Any) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text[:300]
+
+
+class _Servers:
+    def __init__(self, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
+                 connect_timeout: float) -> None:
+        import httpx
+
+        if len(servers) < 2:
+            raise ValueError(f"need the addresses of N >= 2 servers, got {list(servers)}")
+        self.urls = [s.rstrip("/") if "://" in s else f"https://{s}" for s in servers]
+        token = _token(credential)
+        import ssl
+
+        verify: Any = ssl.create_default_context(cafile=str(ca)) if ca is not None else True
+        self.http = [httpx.Client(base_url=u, verify=verify, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=httpx.Timeout(connect_timeout, connect=connect_timeout))
+                     for u in self.urls]
+
+    def call(self, index: int, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            return self.http[index].request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise RemoteError(f"server {index} ({self.urls[index]}) is unreachable: {type(error).__name__}: "
+                              f"{error}") from None
+
+    def close(self) -> None:
+        for client in self.http:
+            client.close()
+
+
+class RemoteEnsemble:
+    """A client of a deployed ensemble: ``RemoteEnsemble(servers=[...], credential=..., ca=...).predict(x)``.
+
+    Args:
+        servers: the front doors of the N servers, in rank order (``host:port`` or ``https://host:port``).
+        credential: the client's bearer token, or the path of its token file.
+        ca: the deployment CA certificate (``ca.pem``) the servers are verified against.
+        timeout: bound in seconds on one prediction, from submission to the last label share.
+    """
+
+    def __init__(self, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
+                 timeout: float = 60.0, poll: float = 0.05) -> None:
+        self._servers = _Servers(servers, credential, ca, connect_timeout=min(10.0, timeout))
+        self.num_servers = len(self._servers.urls)
+        self.timeout, self.poll = timeout, poll
+        self.client = Client("remote")
+        self.last_request_id: Optional[str] = None
+
+    def close(self) -> None:
+        self._servers.close()
+
+    def __enter__(self) -> "RemoteEnsemble":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def health(self) -> list[dict]:
+        out = []
+        for i in range(self.num_servers):
+            response = self._servers.call(i, "GET", "/v1/health")
+            if response.status_code != 200:
+                raise RemoteError(f"server {i}: {_detail(response)}")
+            out.append(response.json())
+        return out
+
+    def submit(self, queries: Any, request_id: Optional[str] = None) -> str:
+        """Share the batch and send share i to server i; returns the request id."""
+        health = self._servers.call(0, "GET", "/v1/health").json()
+        if not health.get("input_shape"):
+            raise RemoteError("server 0 holds no owner model yet")
+        batch = Client.check_queries(queries, tuple(health["input_shape"]))
+        shares = self.client.share_queries(batch, num_servers=self.num_servers)
+        request_id = request_id or secrets.token_hex(16)
+        self.last_request_id = request_id
+        for i, share in enumerate(shares):
+            response = self._servers.call(i, "POST", "/v1/queries",
+                                          json={"request_id": request_id, "share": encode_array(share)})
+            if response.status_code != 202:
+                raise RemoteError(f"server {i} refused request {request_id} (HTTP {response.status_code}): "
+                                  f"{_detail(response)}")
+        return request_id
+
+    def collect(self, request_id: str) -> list[np.ndarray]:
+        """Wait for the N label shares of ``request_id`` (bounded by ``timeout``)."""
+        deadline = time.monotonic() + self.timeout
+        shares: dict[int, np.ndarray] = {}
+        unreachable_since: dict[int, float] = {}
+        while len(shares) < self.num_servers:
+            for i in range(self.num_servers):
+                if i in shares:
+                    continue
+                try:
+                    response = self._servers.call(i, "GET", f"/v1/queries/{request_id}")
+                except RemoteError as error:  # a restarting server: tolerated briefly, then reported
+                    first = unreachable_since.setdefault(i, time.monotonic())
+                    if time.monotonic() - first > min(10.0, self.timeout):
+                        raise RemoteError(f"{error}; request {request_id} failed, nothing was revealed") from None
+                    continue
+                unreachable_since.pop(i, None)
+                if response.status_code != 200:
+                    raise RemoteError(f"server {i}: {_detail(response)}")
+                body = response.json()
+                if body["status"] == "done":
+                    shares[i] = decode_array(body["label_share"], name=f"server {i}'s label share")
+                elif body["status"] != "pending":
+                    raise RemoteError(f"server {i}: request {request_id} {body['status']}: {body.get('error')}")
+            if len(shares) < self.num_servers:
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"request {request_id}: no answer from every server within {self.timeout:g} s "
+                                      "(it is dropped by the servers); nothing was revealed")
+                time.sleep(self.poll)
+        return [shares[i] for i in range(self.num_servers)]
+
+    def predict(self, queries: Any) -> np.ndarray:
+        """Private labels of the batch (-1 = abstain); reconstructed here, and only here."""
+        request_id = self.submit(queries)
+        return self.client.reveal(self.collect(request_id))
+
+
+def upload_model(owner: Any, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
+                 timeout: float = 60.0) -> str:
+    """Share an owner's model and upload bundle i to server i (replacing its previous upload); the upload id."""
+    connection = _Servers(servers, credential, ca, connect_timeout=timeout)
+    try:
+        upload_id = secrets.token_hex(16)
+        bundles = owner.share(num_servers=len(connection.urls))
+        for i, bundle in enumerate(bundles):
+            data = bundle_to_bytes(bundle, input_shape=owner.input_shape, num_classes=owner.num_classes)
+            response = connection.call(i, "PUT", "/v1/model", content=data,
+                                       headers={"X-Upload-Id": upload_id, "Content-Type": "application/octet-stream"})
+            if response.status_code != 200:
+                raise RemoteError(f"server {i} refused the upload (HTTP {response.status_code}): {_detail(response)}")
+        return upload_id
+    finally:
+        connection.close()
+
+
+def withdraw_model(*, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None]) -> None:
+    connection = _Servers(servers, credential, ca, connect_timeout=30.0)
+    try:
+        for i in range(len(connection.urls)):
+            response = connection.call(i, "DELETE", "/v1/model")
+            if response.status_code not in (200, 404):
+                raise RemoteError(f"server {i}: {_detail(response)}")
+    finally:
+        connection.close()
