@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +21,8 @@ from torch import nn
 
 from pricure_crypten import ModelOwner, PrivateEnsemble
 from pricure_crypten.config import Aggregation, Cluster
-from pricure_crypten.parties.net.remote import upload_model
 from pricure_crypten.privacy.noise import calibrate
-from tests.test_deployment import Deployment
+from pricure_crypten.experiments.deployment import ProcessDeployment
 
 FEATURES, CLASSES = 64, 10
 
@@ -52,48 +49,41 @@ def main() -> None:
     chunks = [range(s, min(s + args.batch, args.queries)) for s in range(0, args.queries, args.batch)]
     result = {"servers": args.servers, "owners": args.owners, "clients": args.clients, "queries": args.queries,
               "batch": args.batch, "deployment": "processes"}
-    with tempfile.TemporaryDirectory(prefix="pricure-deploy-bench-") as root:
-        hosts = [f"127.0.0.{2 + i}" for i in range(args.servers)]
-        d = Deployment(Path(root), hosts, [[] for _ in hosts], ["--epsilon", "inf", "--max-batch", "256"],
-                       extra_clients=[f"client{c}" for c in range(args.clients)],
-                       extra_owners=[o.name for o in ks])
-        try:
-            t0 = time.perf_counter()
-            d.start_all()
-            d.wait_ready()
-            result["start_seconds"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for owner in ks:
-                upload_model(owner, servers=d.urls, credential=d.tokens[owner.name], ca=d.ca)
-            d.wait_ready(owners=len(ks))
-            result["upload_seconds"] = time.perf_counter() - t0
-            labels = np.full(args.queries, -2)
-            errors = []
+    t0 = time.perf_counter()
+    with ProcessDeployment(servers=args.servers, owners=[o.name for o in ks],
+                           clients=[f"client{c}" for c in range(args.clients)],
+                           serve_flags=["--epsilon", "inf", "--max-batch", "256"]) as d:
+        result["start_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for owner in ks:
+            d.upload(owner)
+        d.wait_ready(len(ks))
+        result["upload_seconds"] = time.perf_counter() - t0
+        labels = np.full(args.queries, -2)
+        errors = []
 
-            def work(c: int) -> None:
-                with d.remote(f"client{c}", timeout=300) as remote:
-                    for chunk in chunks[c::args.clients]:
-                        try:
-                            labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop])
-                        except Exception as error:  # noqa: BLE001
-                            errors.append(str(error))
+        def work(c: int) -> None:
+            with d.remote(f"client{c}", timeout=300) as remote:
+                for chunk in chunks[c::args.clients]:
+                    try:
+                        labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop])
+                    except Exception as error:  # noqa: BLE001
+                        errors.append(str(error))
 
-            threads = [threading.Thread(target=work, args=(c,)) for c in range(args.clients)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            seconds = time.perf_counter() - t0
-            health = [d.health(r) for r in range(args.servers)]
-            result.update(errors=errors[:3], networked_seconds=seconds, networked_seconds_per_query=seconds / args.queries,
-                          mpc_batches=health[0]["batches"], mpc_rows=health[0]["totals"]["rows"],
-                          mpc_bytes_all_servers=sum(h["totals"]["bytes"] for h in health),
-                          mpc_rounds_server0=health[0]["totals"]["rounds"],
-                          mpc_seconds_server0=health[0]["totals"]["mpc_seconds"],
-                          mean_batch_rows=health[0]["totals"]["rows"] / max(1, health[0]["batches"]))
-        finally:
-            d.close()
+        threads = [threading.Thread(target=work, args=(c,)) for c in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - t0
+        health = [d.health(r) for r in range(args.servers)]
+        result.update(errors=errors[:3], networked_seconds=seconds, networked_seconds_per_query=seconds / args.queries,
+                      mpc_batches=health[0]["batches"], mpc_rows=health[0]["totals"]["rows"],
+                      mpc_bytes_all_servers=sum(h["totals"]["bytes"] for h in health),
+                      mpc_rounds_server0=health[0]["totals"]["rounds"],
+                      mpc_seconds_server0=health[0]["totals"]["mpc_seconds"],
+                      mean_batch_rows=health[0]["totals"]["rows"] / max(1, health[0]["batches"]))
     cluster = Cluster(num_servers=args.servers)
     # the in-process path with the same concurrent clients (its scheduler packs their batches too)
     reference = np.full(args.queries, -2)

@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
+from pricure_crypten.experiments.deployment import free_port
 from pricure_crypten.parties.net.remote import RemoteEnsemble, RemoteError, upload_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 
@@ -43,18 +43,6 @@ pytestmark = pytest.mark.mpc
 REPO = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES = 6, 3
 START_BOUND = 90.0  # seconds for a deployment to come up on 2 busy cores
-
-
-def _free_port(host: str) -> int:
-    for _ in range(50):
-        port = 20000 + secrets.randbelow(20000)
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 def _env() -> dict:
@@ -91,8 +79,8 @@ class Deployment:
                  extra_clients: list[str] = (), extra_owners: list[str] = ()) -> None:
         self.root, self.hosts, self.n = root, hosts, len(hosts)
         self.server_flags, self.common = server_flags, common
-        self.rendezvous = f"tcp://{hosts[0]}:{_free_port(hosts[0])}"
-        self.ports = [_free_port(h) for h in hosts]
+        self.rendezvous = f"tcp://{hosts[0]}:{free_port(hosts[0])}"
+        self.ports = [free_port(h) for h in hosts]
         self.urls = [f"{h}:{p}" for h, p in zip(hosts, self.ports)]
         self.ca = root / "ca" / "ca.pem"
         self.processes: dict[str, subprocess.Popen] = {}
@@ -423,9 +411,9 @@ def test_demo_with_every_party_its_own_process_prints_the_usual_json_plus_deploy
 def test_a_party_alone_waits_up_to_its_bound_then_says_why(tmp_path):
     pricure("admin", "ca", "--out", str(tmp_path / "ca"))
     pricure("admin", "cert", "--ca", str(tmp_path / "ca"), "--host", "127.0.0.7", "--out", str(tmp_path / "s"))
-    rendezvous = f"tcp://127.0.0.7:{_free_port('127.0.0.7')}"
+    rendezvous = f"tcp://127.0.0.7:{free_port('127.0.0.7')}"
     alone = pricure("serve", "--rank", "1", "--servers", "2", "--rendezvous", rendezvous,
-                    "--listen", f"127.0.0.7:{_free_port('127.0.0.7')}", "--data-dir", str(tmp_path / "d"),
+                    "--listen", f"127.0.0.7:{free_port('127.0.0.7')}", "--data-dir", str(tmp_path / "d"),
                     "--cert", str(tmp_path / "s" / "server.pem"), "--key", str(tmp_path / "s" / "server.key"),
                     "--wait", "3", check=False, timeout=60)
     assert alone.returncode == 3 and "waited 3 s at the rendezvous" in alone.stderr

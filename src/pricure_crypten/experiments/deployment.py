@@ -26,7 +26,8 @@ from typing import Any, Sequence
 START_BOUND = 120.0
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A free TCP port on ``host`` (a loopback address), picked at random and probed."""
     for _ in range(100):
         port = 20000 + secrets.randbelow(20000)
         with socket.socket() as probe:
@@ -47,8 +48,8 @@ class ProcessDeployment:
         self._tmp = tempfile.TemporaryDirectory(prefix="pricure-deployment-")
         self.root = Path(self._tmp.name)
         self.hosts = [f"127.0.0.{2 + rank}" for rank in range(servers)]
-        self.rendezvous = f"tcp://{self.hosts[0]}:{_free_port(self.hosts[0])}"
-        self.urls = [f"{h}:{_free_port(h)}" for h in self.hosts]
+        self.rendezvous = f"tcp://{self.hosts[0]}:{free_port(self.hosts[0])}"
+        self.urls = [f"{h}:{free_port(h)}" for h in self.hosts]
         credentials.make_ca(self.root / "ca")
         self.ca = self.root / "ca" / "ca.pem"
         dirs = [self.root / f"d{rank}" for rank in range(servers)]

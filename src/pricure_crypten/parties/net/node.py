@@ -48,8 +48,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .credentials import CredentialTable
-from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, decode_array, \
-    encode_array
+from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, encode_array
 
 logger = logging.getLogger("pricure_crypten.serve")
 
