@@ -100,3 +100,27 @@ def test_owner_shares_are_one_bundle_per_server_and_reconstruct():
     assert len(bundles) == 3 and all(b.architecture == owner.architecture for b in bundles)
     weight = reconstruct([b.layers[0].params[0] for b in bundles])
     assert np.allclose(weight, owner.model[0].weight.detach().numpy(), atol=1e-4)
+
+
+def test_the_shape_dry_run_on_specs_matches_the_model_and_refuses_layers_that_do_not_chain(digits_owners):
+    """A server sees only shares; from their shapes alone it must tell a runnable model from a broken one."""
+    from pricure_crypten.mpc.layers import LayerSpec, specs_output_shape
+    from pricure_crypten.parties.net.wire import WireError, bundle_from_bytes, bundle_to_bytes
+
+    for owner in (digits_owners[0], digits_owners[-1]):  # an MLP and a CNN
+        layers = owner.share(num_servers=2)[0].layers
+        assert specs_output_shape(layers, owner.input_shape) == (owner.num_classes,)
+    cnn = digits_owners[-1]
+    bundle = cnn.share(num_servers=2)[0]
+    broken = list(bundle.layers)
+    first_linear = next(i for i, layer in enumerate(broken) if layer.kind == "linear")
+    weight, bias = broken[first_linear].params
+    broken[first_linear] = LayerSpec("linear", broken[first_linear].options, (weight[:, :-3], bias))
+    with pytest.raises(ValueError, match=rf"layer {first_linear} \(linear\)"):
+        specs_output_shape(broken, cnn.input_shape)
+    data = bundle_to_bytes(type(bundle)(bundle.owner, bundle.architecture, tuple(broken)),
+                           input_shape=cnn.input_shape, num_classes=cnn.num_classes)
+    with pytest.raises(WireError, match="do not fit together"):
+        bundle_from_bytes(data, owner="hospital-6")
+    good = bundle_to_bytes(bundle, input_shape=cnn.input_shape, num_classes=cnn.num_classes)
+    assert bundle_from_bytes(good, owner="hospital-6")[2] == cnn.num_classes

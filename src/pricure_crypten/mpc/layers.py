@@ -17,7 +17,7 @@ No ONNX export is involved.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -168,3 +168,45 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, .
     finally:
         model.train(was_training)
     return tuple(out.shape[1:])
+
+
+def specs_output_shape(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one example's output, from the layer specs alone (a dry run on zeros).
+
+    Runs where only shares are at hand (a server checking an uploaded bundle):
+    only the parameters' SHAPES are used, never their values. Raises
+    ``ValueError`` naming the first layer whose shapes do not fit, or a layer
+    order the stacked evaluation does not support.
+    """
+    import torch.nn.functional as F
+
+    x = torch.zeros((1,) + tuple(int(s) for s in input_shape))
+    for index, layer in enumerate(layers):
+        zeros = [torch.zeros(tuple(p.shape)) for p in layer.params]
+        where = f"layer {index} ({layer.kind}) on an input of shape {tuple(x.shape[1:])}"
+        try:
+            if layer.kind == "linear":
+                if x.dim() != 2:
+                    raise ValueError("Linear needs a flat input (add nn.Flatten() first)")
+                x = F.linear(x, *zeros)
+            elif layer.kind == "conv2d":
+                if x.dim() != 4:
+                    raise ValueError("Conv2d needs a (channels, height, width) input")
+                x = F.conv2d(x, *zeros, stride=layer.option("stride"), padding=layer.option("padding"),
+                             dilation=layer.option("dilation"))
+            elif layer.kind in ("avgpool2d", "maxpool2d"):
+                if x.dim() != 4:
+                    raise ValueError("pooling needs a (channels, height, width) input")
+                pool = F.avg_pool2d if layer.kind == "avgpool2d" else F.max_pool2d
+                x = pool(x, kernel_size=layer.option("kernel_size"), stride=layer.option("stride"),
+                         padding=layer.option("padding"))
+            elif layer.kind == "flatten":
+                x = x.flatten(1)
+            elif layer.kind == "affine":
+                shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+                x = x * zeros[0].reshape(shape) + zeros[1].reshape(shape)
+            elif layer.kind != "relu":
+                raise ValueError(f"unsupported layer kind {layer.kind!r}")
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+            raise ValueError(f"{where}: {error}") from None
+    return tuple(x.shape[1:])

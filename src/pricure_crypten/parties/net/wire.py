@@ -83,7 +83,7 @@ def bundle_from_bytes(data: bytes, *, owner: str, max_bytes: int = MAX_BUNDLE_BY
 
     The owner is the authenticated one, never the file's word.
     """
-    from ...mpc.layers import LayerSpec
+    from ...mpc.layers import LayerSpec, specs_output_shape
     from ..owner import OwnerBundle
 
     if len(data) > max_bytes:
@@ -128,4 +128,11 @@ def bundle_from_bytes(data: bytes, *, owner: str, max_bytes: int = MAX_BUNDLE_BY
         layers.append(LayerSpec(layer["kind"], options, tuple(params)))
     if files:
         raise WireError(f"the bundle has unexpected entries: {sorted(files)[:5]}")
+    try:  # a dry run on the parameters' shapes: a model that cannot run is refused here, not mid-MPC
+        produced = specs_output_shape(layers, tuple(shape))
+    except ValueError as error:
+        raise WireError(f"the model's layers do not fit together: {error}") from None
+    if produced != (classes,):
+        raise WireError(f"the model maps inputs of shape {tuple(shape)} to outputs of shape {produced}, "
+                        f"not ({classes},) logits")
     return OwnerBundle(owner, tuple(l.signature for l in layers), tuple(layers)), tuple(shape), classes
