@@ -188,7 +188,8 @@ def dp_tpr_bound(fpr: np.ndarray | float, *, epsilon: float, delta: float, symme
         raise ValueError(f"need epsilon >= 0 and delta in [0, 1], got {epsilon}, {delta}")
     if math.isinf(epsilon):
         return np.ones_like(f)
-    bound = np.exp(epsilon) * f + delta
+    # e^eps overflows float64 beyond eps ~ 709; any eps > 700 allows TPR 1 at every fpr > 0 anyway
+    bound = np.exp(min(epsilon, 700.0)) * f + delta
     if symmetric:
         bound = np.minimum(bound, 1 - np.exp(-epsilon) * (1 - delta - f))
     return np.clip(bound, 0.0, 1.0)

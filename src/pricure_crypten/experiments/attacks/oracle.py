@@ -29,6 +29,7 @@ the DP bound can be composed over what the attacker actually asked.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
@@ -43,6 +44,10 @@ from ...privacy.noise import ConfidentGNMax, NoiseMechanism, NoNoise
 from .. import reference
 
 __all__ = ["ABSTAIN", "BudgetedOracle", "EnsembleOracle", "LabelOracle", "MPCOracle", "SingleOwnerOracle"]
+
+
+_CACHE_SIZE = 256
+_HISTOGRAMS: dict[tuple, tuple[list, np.ndarray]] = {}
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -164,9 +169,24 @@ class EnsembleOracle(LabelOracle):
         self.seed = seed
 
     def histogram(self, batch: torch.Tensor) -> np.ndarray:
-        """The noiseless histogram (B, C) (evaluation only: the attacker never sees it)."""
+        """The noiseless histogram (B, C) (evaluation only: the attacker never sees it).
+
+        Memoised per (models, aggregation, bound, batch content): sweeps ask the
+        same batches of many mechanisms over the same owners, and the histogram
+        does not depend on the mechanism (the noise is drawn afresh per call).
+        """
+        array = np.ascontiguousarray(batch.numpy())
+        key = (tuple(id(m) for m in self.models), self.aggregation, self.logit_bound, array.shape,
+               hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest())
+        hit = _HISTOGRAMS.get(key)
+        if hit is not None:
+            return hit[1].copy()
         logits = reference.ensemble_logits(self.models, batch)
-        return reference.histogram(logits, aggregation=self.aggregation, logit_bound=self.logit_bound)
+        counts = reference.histogram(logits, aggregation=self.aggregation, logit_bound=self.logit_bound)
+        if len(_HISTOGRAMS) >= _CACHE_SIZE:
+            _HISTOGRAMS.pop(next(iter(_HISTOGRAMS)))
+        _HISTOGRAMS[key] = (self.models, counts.copy())  # holds the models: their ids cannot be reused
+        return counts
 
     def _labels(self, batch: torch.Tensor) -> np.ndarray:
         seed = None if self.seed is None else f"{self.seed}/{self.calls}"
