@@ -1,0 +1,130 @@
+"""A cut link between separate network namespaces: a clear error in bounded time, no charge, recovery.
+
+2 servers and the dealer, each started by its real command in its own network
+namespace (``ip netns exec NS python -m pricure_crypten serve|dealer``),
+joined by veth pairs through a bridge in a further namespace, on a subnet
+that exists only inside them; the client side is a thread pool inside its own
+namespace (see benchmarks/netns.py). 3 owners upload once. Mid-request, server
+1's veth is set DOWN: the client gets a clear error well before its own
+timeout, no server's ledger charges anything, and once the link is UP again
+the servers' supervisors have rejoined the MPC with the shares reloaded from
+disk: the system answers without a new upload. Every namespace, veth and
+process created here is removed in the fixture's teardown.
+
+Needs root and ``ip netns``; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks.netns import NetnsDeployment, available
+
+pytestmark = [pytest.mark.mpc, pytest.mark.skipif(available() is not None, reason=f"netns: {available()}")]
+
+CLIENT_TIMEOUT = 60.0  # the RemoteEnsemble's own bound on one prediction
+WAIT = 15.0  # --wait: rendezvous bound; the collective timeout is max(--timeout, --wait + 5) = 20 s
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True, timeout=10).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def owners():
+    from benchmarks.deployment import owners as make_owners
+
+    return make_owners(3)  # 64 inputs -> 24 -> 10 classes: a 256-row batch keeps the MPC busy for a while
+
+
+@pytest.fixture(scope="module")
+def netns(owners):
+    before = _namespaces()
+    d = NetnsDeployment(servers=2, owners=[o.name for o in owners], clients=["alice"], wait=WAIT,
+                        serve_flags=["--epsilon", "inf", "--timeout", "10", "--incomplete-after", "5"])
+    try:
+        d.__enter__()
+        for owner in owners:
+            d.upload(owner)
+        d.wait_ready(owners=3)
+        yield d
+    finally:
+        d.close()
+        assert _namespaces() == before, "a network namespace was left behind"
+
+
+def _settled(d: NetnsDeployment, client: str, answered: list[int], bound: float) -> dict:
+    deadline = time.monotonic() + bound
+    while True:
+        got = {r: (d.status(r, client).answered_queries, d.status(r, client).reserved_queries) for r in range(d.n)}
+        if all(got[r] == (answered[r], 0) for r in range(d.n)):
+            return got
+        assert time.monotonic() < deadline, f"charged or still reserved after {bound:g} s: {got}\n{d.logs()}"
+        time.sleep(0.25)
+
+
+def test_a_cut_link_fails_the_request_cleanly_and_the_system_recovers_without_new_uploads(netns, owners):
+    d = netns
+    x = np.random.default_rng(5).normal(size=(256, owners[0].input_shape[0]))
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        with d.remote("alice", timeout=CLIENT_TIMEOUT) as alice:
+            return alice.predict(rows)
+
+    reference = d.call(predict, x[:8])  # the namespaced deployment answers
+    answered = [d.status(r, "alice").answered_queries for r in range(d.n)]
+    assert answered == [8, 8]
+
+    reserved: list[int] = []
+
+    def cut_mid_request() -> tuple[str, float]:
+        from pricure_crypten.parties.net.remote import RemoteError
+
+        with d.remote("alice", timeout=CLIENT_TIMEOUT) as alice:
+            rid = alice.submit(x)  # share 0 at server 0, share 1 at server 1
+            deadline = time.monotonic() + 10.0  # every server voted ok and reserved the spend: the MPC starts
+            while d.status(0, "alice").reserved_queries == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            reserved[:] = [d.status(r, "alice").reserved_queries for r in range(d.n)]
+            d.link("s1", up=False)  # cut server 1's link mid-MPC
+            started = time.monotonic()
+            try:
+                alice.collect(rid)
+            except RemoteError as failure:
+                return str(failure), time.monotonic() - started
+            return "answered", time.monotonic() - started
+
+    try:
+        message, detected = d.call(cut_mid_request)
+        assert message != "answered", "the request finished before the link was cut"
+        assert reserved[0] == len(x), f"the link was cut before the MPC started: reserved {reserved}"
+        print(f"\ncut server 1's veth mid-request: client error after {detected:.1f} s: {message}")
+        assert detected < 0.75 * CLIENT_TIMEOUT, f"not a clear error but the client's own timeout: {message}"
+        assert "no answer from every server within" not in message
+        assert ("server 1" in message and "unreachable" in message) or "MPC" in message, message
+        assert "nothing was revealed" in message or "nothing was revealed or charged" in message
+        cut = time.monotonic()
+        # both servers' collectives time out (20 s), fail the request and roll the reservation back
+        got = _settled(d, "alice", answered, bound=40.0)
+        print(f"ledgers after the cut (answered, reserved) per server: {got}; "
+              f"settled {time.monotonic() - cut:.1f} s after the client's error")
+    finally:
+        d.link("s1", up=True)
+    restored = time.monotonic()
+    states = d.wait_ready(owners=3, bound=90.0)  # the supervisors restarted their parties; shares from disk
+    assert all(len(s["owners_loaded"]) == 3 for s in states)
+    for rank in range(d.n):  # each server's supervisor started a fresh party process
+        log = d.log(f"server{rank}")
+        assert "restarting the party" in log, log
+        print(f"server {rank}: " + next(line for line in log.splitlines() if "the MPC failed" in line))
+    labels = d.call(predict, x[:8])
+    print(f"link up again: answering {time.monotonic() - restored:.1f} s later, without a new upload")
+    assert labels.tolist() == reference.tolist()
+    assert [d.status(r, "alice").answered_queries for r in range(d.n)] == [16, 16]
+    for name, process in d.processes.items():  # the same processes: nobody restarted a server by hand
+        assert process.poll() is None, f"{name} exited:\n{d.log(name)}"
