@@ -36,6 +36,17 @@ def owners(k: int) -> list[ModelOwner]:
     return out
 
 
+def _timed_threads(work, count: int) -> float:
+    """Run ``work(c)`` for c = 0..count-1 in threads at once; the wall seconds until all are done."""
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(count)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - begin
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--servers", type=int, default=2)
@@ -70,13 +81,7 @@ def main() -> None:
                     except Exception as error:  # noqa: BLE001
                         errors.append(str(error))
 
-        threads = [threading.Thread(target=work, args=(c,)) for c in range(args.clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - t0
+        seconds = _timed_threads(work, args.clients)
         health = [d.health(r) for r in range(args.servers)]
         result.update(errors=errors[:3], networked_seconds=seconds, networked_seconds_per_query=seconds / args.queries,
                       mpc_batches=health[0]["batches"], mpc_rows=health[0]["totals"]["rows"],
@@ -97,13 +102,7 @@ def main() -> None:
                 bytes_sent[0] += prediction.cost.bytes_sent
                 packed.append(prediction.cost.batch_queries)
 
-        threads = [threading.Thread(target=local, args=(c,)) for c in range(args.clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - t0
+        seconds = _timed_threads(local, args.clients)
     bytes_sent = bytes_sent[0]
     result.update(in_process_seconds=seconds, in_process_seconds_per_query=seconds / args.queries,
                   in_process_bytes=bytes_sent, in_process_mean_batch_rows=float(np.mean(packed)), labels_equal=bool(np.array_equal(reference, labels)))

@@ -22,7 +22,7 @@ import re
 import secrets
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 ROLES = ("client", "owner")
 IDENTITY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -106,7 +106,7 @@ class CredentialTable:
 def make_ca(out_dir: Path, *, days: int = 365) -> tuple[Path, Path]:
     """A self-signed CA: ``ca.pem`` (public) and ``ca.key`` (0600, keep offline)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -122,12 +122,18 @@ def make_ca(out_dir: Path, *, days: int = 365) -> tuple[Path, Path]:
                                          key_agreement=False, encipher_only=False, decipher_only=False),
                            critical=True)
             .sign(key, hashes.SHA256()))
-    out_dir = Path(out_dir)
-    _write_private(out_dir / "ca.key", key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-    (out_dir / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return out_dir / "ca.pem", out_dir / "ca.key"
+    return _write_pair(Path(out_dir), "ca", key, cert)
+
+
+def _write_pair(out_dir: Path, name: str, key: Any, cert: Any) -> tuple[Path, Path]:
+    """``NAME.key`` (private, 0600, unencrypted PKCS8 PEM) and ``NAME.pem`` in ``out_dir``."""
+    from cryptography.hazmat.primitives import serialization
+
+    _write_private(out_dir / f"{name}.key", key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    (out_dir / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out_dir / f"{name}.pem", out_dir / f"{name}.key"
 
 
 def make_server_cert(ca_dir: Path, host: str, out_dir: Path, *, days: int = 365) -> tuple[Path, Path]:
@@ -155,9 +161,4 @@ def make_server_cert(ca_dir: Path, host: str, out_dir: Path, *, days: int = 365)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    out_dir = Path(out_dir)
-    _write_private(out_dir / "server.key", key.private_bytes(serialization.Encoding.PEM,
-                                                             serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
-    (out_dir / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return out_dir / "server.pem", out_dir / "server.key"
+    return _write_pair(Path(out_dir), "server", key, cert)
