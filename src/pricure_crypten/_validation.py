@@ -114,6 +114,7 @@ def check_aggregation(aggregation: Any) -> str:
     return check_choice(aggregation, AGGREGATIONS, name="aggregation")
 
 
+DEFAULT_LOGIT_BOUND = 64.0  # owners' logits are clamped to [-64, 64] under MPC by default
 MAX_LOGIT_BOUND = 128.0
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ._validation import (
+    DEFAULT_LOGIT_BOUND,
     check_aggregation,
     check_int,
     check_logit_bound,
@@ -77,7 +78,7 @@ class Aggregation:
 
     method: str = "vote"
     noise: NoiseMechanism = field(default_factory=_default_noise)
-    logit_bound: float = 64.0
+    logit_bound: float = DEFAULT_LOGIT_BOUND
 
     def __post_init__(self) -> None:
         check_aggregation(self.method)
@@ -88,14 +89,6 @@ class Aggregation:
             )
         self.noise.check_aggregation(self.method)  # e.g. Confident-GNMax needs votes
         object.__setattr__(self, "logit_bound", check_logit_bound(self.logit_bound))
-
-    @property
-    def epsilon(self) -> float:
-        return self.noise.epsilon
-
-    @property
-    def delta(self) -> float:
-        return self.noise.delta
 
 
 @dataclass(frozen=True)

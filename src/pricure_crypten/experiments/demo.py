@@ -125,7 +125,8 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
     """The same predictions through the front doors of separately started ``pricure serve`` processes."""
     import time
 
-    from ..privacy.noise import GaussianNoise
+    from .._validation import DEFAULT_LOGIT_BOUND
+    from ..privacy.noise import GaussianNoise, LaplaceNoise, NoNoise
     from .deployment import ProcessDeployment
 
     noise = config.aggregation.noise
@@ -133,8 +134,8 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
              "--colluding", str(config.cluster.colluding), "--budget-delta", repr(REPORT_DELTA)]
     if isinstance(noise, GaussianNoise):
         flags += ["--mechanism", "gaussian", "--delta", repr(float(noise.delta))]
-    if config.aggregation.logit_bound != 64.0 or type(noise).__name__ not in ("LaplaceNoise", "GaussianNoise",
-                                                                            "NoNoise"):
+    if config.aggregation.logit_bound != DEFAULT_LOGIT_BOUND or not isinstance(
+            noise, (LaplaceNoise, GaussianNoise, NoNoise)):
         raise ValueError("--deployment processes supports the CLI's mechanisms (laplace, gaussian, inf) only")
     labels, costs = [], []
     with ProcessDeployment(servers=config.cluster.num_servers, owners=[o.name for o in owners],

@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_aggregation, check_split
+from .._validation import DEFAULT_LOGIT_BOUND, check_aggregation, check_split
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import SCALE
 from ..parties.client import ABSTAIN
 from ..privacy.noise import NoiseMechanism
 
-DEFAULT_LOGIT_BOUND = 64.0
 
 
 class PlaintextReleaseOps:

@@ -27,12 +27,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._validation import check_aggregation, check_logit_bound
+from .._validation import DEFAULT_LOGIT_BOUND, check_aggregation, check_logit_bound
 from ._crypten import MPCTensor, crypten
 from .randomness import SecureRandom
 from .sharing import FRACTIONAL_BITS, REPRESENTABLE_MAX_ABS, SCALE, encode
 
-DEFAULT_LOGIT_BOUND = 64.0
 
 
 def to_fixed_point(x: MPCTensor) -> MPCTensor:

@@ -86,7 +86,7 @@ class LabelOracle(ABC):
     @property
     def deterministic(self) -> bool:
         """Whether asking the same input again always gives the same answer."""
-        return isinstance(self.mechanism, NoNoise)
+        return self.mechanism.deterministic
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Labels (B,) int64 for the batch ``x`` of shape ``(B, *input_shape)``."""

@@ -47,6 +47,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..._validation import DEFAULT_LOGIT_BOUND
 from .credentials import CredentialTable
 from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, encode_array
 
@@ -72,7 +73,7 @@ class NodeConfig:
     epsilon: float = float("inf")
     delta: Optional[float] = None
     mechanism: str = "laplace"
-    logit_bound: float = 64.0
+    logit_bound: float = DEFAULT_LOGIT_BOUND
     colluding: int = 0
     budget_epsilon: float = float("inf")
     budget_delta: float = 0.0
