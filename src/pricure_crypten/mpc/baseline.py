@@ -30,6 +30,8 @@ def _module(layer: LayerSpec) -> cnn.Module:
                           padding=layer.option("padding"), dilation=layer.option("dilation"))
     if layer.kind == "relu":
         return cnn.ReLU()
+    if layer.kind == "square":
+        return cnn.Square()
     if layer.kind in ("avgpool2d", "maxpool2d"):
         cls = cnn.AvgPool2d if layer.kind == "avgpool2d" else cnn.MaxPool2d
         return cls(layer.option("kernel_size"), stride=layer.option("stride"), padding=layer.option("padding"))

@@ -113,6 +113,9 @@ class StackedNetwork(crypten.nn.Module):
     def _build_relu(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
         return (lambda x: x.relu()), layout
 
+    def _build_square(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
+        return (lambda x: x.square()), layout
+
     def _build_pool(self, layer: LayerSpec, layout: str) -> tuple[Op, str]:
         """AvgPool2d / MaxPool2d: one channel-wise pooling over all K*C stacked channels."""
         opts = dict(kernel_size=layer.option("kernel_size"), stride=layer.option("stride"),

@@ -6,7 +6,8 @@ layer kind and hyper-parameters (public: they define the architecture) and the
 parameters as float64 arrays (private: the owner secret-shares them, see
 :mod:`pricure_crypten.owners`).
 
-Supported layers: Linear, Conv2d, ReLU, AvgPool2d, MaxPool2d, Flatten,
+Supported layers: Linear, Conv2d, ReLU, :class:`Square` (the MPC-friendly
+polynomial activation x**2: one Beaver square, no comparison), AvgPool2d, MaxPool2d, Flatten,
 BatchNorm1d/2d (folded into the preceding Linear/Conv2d for inference, or
 kept as a per-channel affine layer when there is none), Dropout (identity at
 inference). The model must be an ``nn.Sequential`` (nested Sequentials are
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 SUPPORTED_LAYERS = (
-    "Linear", "Conv2d", "ReLU", "AvgPool2d", "MaxPool2d", "Flatten",
+    "Linear", "Conv2d", "ReLU", "Square", "AvgPool2d", "MaxPool2d", "Flatten",
     "BatchNorm1d", "BatchNorm2d", "Dropout",
 )
 
@@ -33,11 +34,24 @@ class UnsupportedLayerError(ValueError):
     """The model contains a layer the secure backend cannot evaluate."""
 
 
+class Square(nn.Module):
+    """The activation ``x * x`` (CryptoNets-style), an ordinary ``torch.nn`` module for owners.
+
+    Under MPC it costs one Beaver square and a truncation (one round trip),
+    against a full comparison circuit for ReLU. Its output grows
+    quadratically: train with BatchNorm before it (folded away for inference)
+    so that activations stay far inside the fixed-point range.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer: ``kind`` and ``options`` are public; ``params`` are the owner's secret."""
 
-    kind: str  # linear | conv2d | relu | avgpool2d | maxpool2d | flatten | affine
+    kind: str  # linear | conv2d | relu | square | avgpool2d | maxpool2d | flatten | affine
     options: tuple[tuple[str, Any], ...] = ()
     params: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
 
@@ -104,6 +118,8 @@ def _convert_module(name: str, module: nn.Module) -> LayerSpec | None:
         return LayerSpec("conv2d", options, (_array(module.weight), _array(module.bias, module.out_channels)))
     if isinstance(module, nn.ReLU):
         return LayerSpec("relu")
+    if isinstance(module, Square):
+        return LayerSpec("square")
     if isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
         if getattr(module, "ceil_mode", False):
             raise UnsupportedLayerError(f"layer {name} ({type(module).__name__}): ceil_mode=True is not supported")
@@ -205,7 +221,7 @@ def specs_output_shape(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]
             elif layer.kind == "affine":
                 shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
                 x = x * zeros[0].reshape(shape) + zeros[1].reshape(shape)
-            elif layer.kind != "relu":
+            elif layer.kind not in ("relu", "square"):
                 raise ValueError(f"unsupported layer kind {layer.kind!r}")
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
             raise ValueError(f"{where}: {error}") from None
