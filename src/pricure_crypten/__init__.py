@@ -49,6 +49,8 @@ _PUBLIC = {
     "Batching": ".config",
     "Cluster": ".config",
     "ExperimentOptions": ".config",
+    "Offline": ".config",
+    "OfflineCost": ".ensemble",
     "InsecureProviderWarning": ".config",
     "InsecureSeedWarning": ".config",
     "ServerError": ".parties.cluster",

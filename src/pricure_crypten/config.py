@@ -6,6 +6,7 @@
 * :class:`Cluster`: WHO computes it: the servers, how many may collude, the
   triple provider, threads and the failure-detection bounds.
 * :class:`Batching`: HOW concurrent requests share MPC batches.
+* :class:`Offline`: which batch shapes get the dealer's tuples ahead of time.
 * :class:`ExperimentOptions`: benchmark and test switches that a deployment
   never sets (fixed seeds warn as loudly as the insecure provider).
 
@@ -172,6 +173,57 @@ class Batching:
         object.__setattr__(self, "window", check_non_negative(self.window, name="window"))
         check_int(self.max_rows, name="max_rows", minimum=1)
         check_int(self.max_queries, name="max_queries", minimum=1)
+
+
+@dataclass(frozen=True)
+class Offline:
+    """The offline/online split: the dealer's tuples for whole batches, dealt before queries arrive.
+
+    The secure MPC is data oblivious: which Beaver triples, binary triples and
+    helpers a batch needs depends only on public facts (the architectures, the
+    batch's row count, the aggregation). For each size in ``batch_sizes`` the
+    servers record that list once (a rehearsal on shares of zeros) and keep
+    ``depth`` batches' worth of tuples in stock, dealt in bulk by the dealer
+    when the ensemble starts and topped up whenever no query waits. A batch
+    whose tuples are in stock makes no round trip to the dealer (its online
+    phase); any other batch falls back to CrypTen's on-line dealer requests.
+    Security is unchanged: a server's stock holds only its own shares. The
+    cost is memory: :attr:`~pricure_crypten.ensemble.OfflineCost.stock_bytes`.
+
+    Args:
+        batch_sizes: MPC batch row counts to stock (default none: everything on-line).
+        depth: batches of each size kept in stock (default 1).
+        pad: pad a smaller MPC batch with shares of zero rows up to the next
+            stocked size, so that it runs from stock (default True). Padding
+            rows are computed and dropped; their labels reach nobody.
+        refill: top the stock up after each batch, when no query waits
+            (default True); otherwise call ``PrivateEnsemble.refill()``.
+    """
+
+    batch_sizes: tuple[int, ...] = ()
+    depth: int = 1
+    pad: bool = True
+    refill: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_sizes, (int, str)) or not hasattr(self.batch_sizes, "__iter__"):
+            raise TypeError(f"batch_sizes must be a sequence of positive integers, not {self.batch_sizes!r}")
+        sizes = tuple(sorted(set(check_int(b, name="batch_sizes[i]", minimum=1) for b in self.batch_sizes)))
+        object.__setattr__(self, "batch_sizes", sizes)
+        check_int(self.depth, name="depth", minimum=1)
+        for name in ("pad", "refill"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.batch_sizes)
+
+    def padded_rows(self, rows: int) -> int:
+        """The stocked size a batch of ``rows`` runs as (``rows`` itself if none fits or padding is off)."""
+        if not self.pad:
+            return rows
+        return next((size for size in self.batch_sizes if size >= rows), rows)
 
 
 @dataclass(frozen=True)

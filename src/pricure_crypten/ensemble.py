@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import Aggregation, Batching, Cluster, ExperimentOptions
+from .config import Aggregation, Batching, Cluster, ExperimentOptions, Offline
 from .mpc.randomness import SecureRandom
 from .parties.batching import RequestScheduler
 from .parties.client import Client
@@ -76,7 +76,8 @@ class Cost:
     included, under dynamic batching); ``bytes_sent`` is summed over the
     servers and pro-rated to this call's rows; ``reveals`` counts client
     reconstructions and ``server_decodes`` plaintext decodes on servers (0 by
-    design).
+    design). ``dealer_requests`` counts round trips to the dealer during the
+    call (0 when the batch ran from precomputed tuples: a pure online phase).
     """
 
     queries: int
@@ -88,6 +89,7 @@ class Cost:
     server_decodes: int
     batches: int = 1
     batch_queries: int = 0
+    dealer_requests: int = 0
 
     @property
     def seconds_per_query(self) -> float:
@@ -96,6 +98,46 @@ class Cost:
     @property
     def bytes_per_query(self) -> float:
         return self.bytes_sent / self.queries
+
+
+@dataclass(frozen=True)
+class OfflineCost:
+    """What one precomputation (the offline phase) cost; public figures, the slowest server's.
+
+    ``seconds`` includes ``rehearsal_seconds``, the one-off run on shares of
+    zeros that records which tuples a batch of this size needs; ``rounds``
+    and ``bytes_sent`` (summed over the servers) are those of the rehearsal
+    and of the bulk exchanges with the dealer; ``stock_bytes`` is the largest
+    server's stock afterwards (its memory cost), ``tuples`` the tuples dealt.
+    """
+
+    rows: int
+    batches: int
+    seconds: float
+    rehearsal_seconds: float
+    rounds: int
+    bytes_sent: int
+    exchanges: int
+    tuples: int
+    requests_per_batch: int
+    stock_bytes: int
+
+    @property
+    def stock_bytes_per_query(self) -> float:
+        """Offline storage per query on one server, from the stock held for ``batches`` batches."""
+        return self.stock_bytes / (self.rows * max(1, self.batches)) if self.batches else float("nan")
+
+    @classmethod
+    def of(cls, replies: list[dict]) -> "OfflineCost":
+        return cls(
+            rows=int(replies[0]["rows"]), batches=int(replies[0]["batches"]),
+            seconds=max(float(r["seconds"]) for r in replies),
+            rehearsal_seconds=max(float(r["rehearsal_seconds"]) for r in replies),
+            rounds=max(int(r["rounds"]) for r in replies), bytes_sent=sum(int(r["bytes"]) for r in replies),
+            exchanges=max(int(r["exchanges"]) for r in replies), tuples=max(int(r["tuples"]) for r in replies),
+            requests_per_batch=int(replies[0]["requests_per_batch"]),
+            stock_bytes=max(int(r["stock_bytes"]) for r in replies),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +170,8 @@ class PrivateEnsemble:
         ledger: optional privacy ledger (:class:`~pricure_crypten.privacy.accounting.PrivacyLedger`);
             when given, every query is charged to the calling client's budget.
         experiment: benchmark/test switches (:class:`~pricure_crypten.config.ExperimentOptions`).
+        offline: batch sizes whose dealer tuples are precomputed (:class:`~pricure_crypten.config.Offline`;
+            default none). See also :meth:`precompute`.
 
     Who sees what: this object (the caller's process) holds the owners'
     plaintext models and routes shares; the server processes see only shares;
@@ -143,6 +187,7 @@ class PrivateEnsemble:
         batching: Batching | None = None,
         ledger: Any = None,
         experiment: ExperimentOptions | None = None,
+        offline: Offline | None = None,
         **moved: Any,
     ) -> None:
         for name in moved:
@@ -155,13 +200,24 @@ class PrivateEnsemble:
         self.cluster_config = _checked(cluster, Cluster, "cluster")
         self.batching = _checked(batching, Batching, "batching")
         self.experiment = _checked(experiment, ExperimentOptions, "experiment")
+        self.offline = _checked(offline, Offline, "offline")
+        if self.offline.enabled and not self.cluster_config.needs_dealer:
+            raise ValueError("Offline precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
+        if self.offline.enabled and self.offline.batch_sizes[-1] > self.batching.max_rows:
+            raise ValueError(f"Offline.batch_sizes {self.offline.batch_sizes} has a size above Batching.max_rows = "
+                             f"{self.batching.max_rows}: no MPC batch that large ever runs")
         if ledger is not None and not callable(getattr(ledger, "spend", None)):
             raise TypeError(f"ledger must be a PrivacyLedger (with a spend() method), not {type(ledger).__name__}")
         self.ledger = ledger
         seed = self.experiment.share_seed
         self._share_rng = SecureRandom(seed=seed) if seed is not None else SecureRandom()
         self._cluster = ServerCluster(self.cluster_config)
-        self._scheduler = RequestScheduler(self._run_batch, self.batching, self.num_servers)
+        self._scheduler = RequestScheduler(
+            self._run_batch, self.batching, self.num_servers,
+            pad_rows=self.offline.padded_rows if self.offline.enabled else None,
+            idle=self.refill if self.offline.enabled and self.offline.refill else None,
+        )
+        self.offline_costs: list[OfflineCost] = []  # every precomputation of this ensemble, in order
         self._lifecycle = threading.RLock()
         self._loaded_launch = 0  # the cluster launch the owners' shares were loaded into
         self._closed = False
@@ -196,10 +252,44 @@ class PrivateEnsemble:
                 aggregation=self.aggregation.method, mechanism=self.aggregation.noise,
                 colluding=self.cluster_config.colluding, logit_bound=self.aggregation.logit_bound,
                 noise_seed=self.experiment.noise_seed, stacking=self.experiment.stacking,
+                input_shape=self.input_shape,
             )
             self._cluster.request("load", [dict(settings, bundles=b) for b in per_server])
+            for rows in self.offline.batch_sizes:  # the offline phase, before any query of this launch runs
+                self.offline_costs.append(OfflineCost.of(self._cluster.broadcast(
+                    "precompute", {"rows": rows, "depth": self.offline.depth})))
             self._loaded_launch = self._cluster.launches
         return self
+
+    def precompute(self, rows: int, *, batches: int = 1) -> OfflineCost:
+        """The offline phase for MPC batches of ``rows`` rows: keep ``batches`` of them in stock.
+
+        Records (once per size, by a rehearsal on shares of zeros) which
+        tuples such a batch needs, then has the dealer deal them in bulk. A
+        later batch of exactly ``rows`` rows then makes no round trip to the
+        dealer. Reveals nothing and charges no privacy budget (no query is
+        involved). Returns the offline cost. See :class:`~pricure_crypten.config.Offline`
+        for stock that is kept topped up automatically.
+        """
+        from ._validation import check_int
+
+        rows = check_int(rows, name="rows", minimum=1, maximum=self.batching.max_rows)
+        batches = check_int(batches, name="batches", minimum=1)
+        if not self.cluster_config.needs_dealer:
+            raise ValueError("precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
+        self.start()
+        cost = OfflineCost.of(self._cluster.broadcast("precompute", {"rows": rows, "depth": batches}))
+        self.offline_costs.append(cost)
+        return cost
+
+    def refill(self) -> list[OfflineCost]:
+        """Top every stocked batch size back up to its depth (the scheduler does this when idle)."""
+        if self._closed or not self._cluster.running or self._loaded_launch != self._cluster.launches:
+            return []
+        replies = self._cluster.broadcast("refill")  # per server: one figure dict per size it topped up
+        costs = [OfflineCost.of([server[i] for server in replies]) for i in range(len(replies[0]))]
+        self.offline_costs.extend(costs)
+        return costs
 
     def close(self) -> None:
         """Stop the servers and the dealer; fail queued calls. Idempotent, final, interrupt-safe."""
@@ -280,8 +370,9 @@ class PrivateEnsemble:
             server_decodes=result.decodes,
             batches=result.batches,
             batch_queries=result.batch_rows,
+            dealer_requests=result.dealer_requests,
         )
         return Prediction(labels=labels, cost=cost)
 
 
-__all__ = ["Cost", "EnsembleClosedError", "Prediction", "PrivateEnsemble", "ServerError"]
+__all__ = ["Cost", "EnsembleClosedError", "OfflineCost", "Prediction", "PrivateEnsemble", "ServerError"]

@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..config import Batching
+from ..mpc.randomness import SecureRandom
+from ..mpc.sharing import share_encoded
 
 #: run_batch(query shares per server) -> one reply per server, each a dict with
 #: "label_share" (rows, C) and public figures "rounds", "bytes", "seconds", "decodes".
@@ -50,6 +52,7 @@ class RequestResult:
     bytes_sent: float
     mpc_seconds: float
     decodes: int
+    dealer_requests: int = 0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class _Request:
     bytes_sent: float = 0.0
     mpc_seconds: float = 0.0
     decodes: int = 0
+    dealer_requests: int = 0
 
 
 class RequestScheduler:
@@ -77,10 +81,14 @@ class RequestScheduler:
         num_servers: N (one share per server per request).
     """
 
-    def __init__(self, run_batch: RunBatch, batching: Batching, num_servers: int) -> None:
+    def __init__(self, run_batch: RunBatch, batching: Batching, num_servers: int, *,
+                 pad_rows: Callable[[int], int] | None = None, idle: Callable[[], None] | None = None) -> None:
         self._run_batch = run_batch
         self.batching = batching
         self.num_servers = num_servers
+        self._pad_rows = pad_rows
+        self._idle = idle
+        self._pad_rng = SecureRandom()
         self._pending: collections.deque[_Request] = collections.deque()
         self._condition = threading.Condition()
         self._ids = itertools.count(1)
@@ -126,6 +134,13 @@ class RequestScheduler:
     def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
         """Wait for work; return [(request, first row, last row)] in arrival order, or None when closed."""
         with self._condition:
+            idle = not self._pending
+        if idle and self._idle is not None and not self._closed:
+            try:
+                self._idle()  # e.g. the offline phase: top up the dealer's tuples while nobody waits
+            except Exception:  # noqa: BLE001 - a failed refill leaves the next batch to the on-line dealer
+                pass
+        with self._condition:
             while not self._pending and not self._closed:
                 self._condition.wait()
             if self._closed:
@@ -164,6 +179,7 @@ class RequestScheduler:
             if not batch:
                 continue
             shares = [np.concatenate([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
+            shares = self._padded(shares)
             try:
                 replies = self._run_batch(shares)
             except BaseException as error:  # noqa: BLE001 - handed to every request of the batch
@@ -171,6 +187,16 @@ class RequestScheduler:
                 continue
             self.batches_run += 1
             self._deliver(batch, replies)
+
+    def _padded(self, shares: list[np.ndarray]) -> list[np.ndarray]:
+        """Append fresh shares of zero rows up to the size ``pad_rows`` asks for (their labels are dropped)."""
+        rows = shares[0].shape[0]
+        target = self._pad_rows(rows) if self._pad_rows is not None else rows
+        if target <= rows:
+            return shares
+        zeros = np.zeros((target - rows,) + shares[0].shape[1:], dtype=np.int64)
+        padding = share_encoded(zeros, num_parties=self.num_servers, rng=self._pad_rng)
+        return [np.concatenate([s, p]) for s, p in zip(shares, padding)]
 
     def _fail(self, requests: list[_Request], error: BaseException) -> None:
         with self._condition:
@@ -194,6 +220,7 @@ class RequestScheduler:
             request.bytes_sent += sum(int(reply["bytes"]) for reply in replies) * rows / total
             request.mpc_seconds += max(float(reply["seconds"]) for reply in replies)
             request.decodes += sum(int(reply["decodes"]) for reply in replies)
+            request.dealer_requests += max(int(reply.get("dealer_requests", 0)) for reply in replies)
             if stop == request.rows and not request.future.done():
                 label_shares = [np.concatenate([part[server] for part in request.parts])
                                 for server in range(self.num_servers)]
@@ -201,4 +228,5 @@ class RequestScheduler:
                     request_id=request.request_id, label_shares=label_shares, batches=request.batches,
                     batch_rows=request.batch_rows, rounds=request.rounds, bytes_sent=request.bytes_sent,
                     mpc_seconds=request.mpc_seconds, decodes=request.decodes,
+                    dealer_requests=request.dealer_requests,
                 ))

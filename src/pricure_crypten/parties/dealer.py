@@ -1,6 +1,7 @@
 """The dealer: a separate process that provides Beaver triples and other correlated randomness.
 
-Who sees what: the dealer (CrypTen's ``TTPServer``) knows the seeds of the
+Who sees what: the dealer (CrypTen's ``TTPServer``, extended to deal many
+tuples per request for the offline phase: :class:`~pricure_crypten.mpc.offline.BulkDealer`) knows the seeds of the
 triples it deals, so it must not collude with any server; it never receives a
 share of a model, a query or a result. It is not a server.
 
@@ -46,7 +47,9 @@ def run_dealer(*, world_size: int, rendezvous: str, timeout: float = DEALER_IDLE
     # TTPServer() calls crypten.init(), which reads the provider: select TTP first
     # (no environment override exists; without it the world size is wrong and it hangs).
     crypten.cfg.mpc.provider = "TTP"
-    crypten.mpc.provider.TTPServer()  # serves requests until the servers shut down
+    from ..mpc.offline import BulkDealer
+
+    BulkDealer()  # CrypTen's TTPServer plus bulk requests; serves until the servers shut down
 
 
 def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: int) -> None:

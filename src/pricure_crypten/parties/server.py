@@ -65,6 +65,18 @@ class ServerState:
         self.audit = audit
         self.networks: list[Any] = []
         self.aggregation: Any = None
+        self.input_shape: tuple[int, ...] | None = None
+        self.patterns: dict[int, list] = {}  # batch rows -> the tuple requests of one batch (public)
+        self.depths: dict[int, int] = {}  # batch rows -> batches to keep in stock
+
+    @property
+    def provider(self) -> Any:
+        """The stocking TTP provider (None with the insecure first-party provider)."""
+        from ..mpc._crypten import crypten
+        from ..mpc.offline import PrecomputedTTP
+
+        provider = crypten.mpc.get_default_provider()
+        return provider if isinstance(provider, PrecomputedTTP) else None
 
     def handle(self, op: str, payload: Any) -> Any:
         handler = getattr(self, f"op_{op}", None)
@@ -86,6 +98,7 @@ class ServerState:
             "provider": type(crypten.mpc.get_default_provider()).__name__,
             "cfg_provider": crypten.cfg.mpc.provider,
             "decodes": self.audit.count,
+            "stock_bytes": self.provider.stock_bytes if self.provider is not None else 0,
             "rss_bytes": rss,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
@@ -99,6 +112,11 @@ class ServerState:
         from .owner import group_by_architecture, stack_shares
 
         bundles = payload["bundles"]
+        shape = payload.get("input_shape")  # needed only to rehearse a batch for the offline phase
+        self.input_shape = tuple(shape) if shape is not None else None
+        self.patterns, self.depths = {}, {}
+        if self.provider is not None:
+            self.provider.clear()  # tuples recorded for other models are never used
         if payload.get("stacking", True):
             self.networks = [StackedNetwork(stack_shares(g), len(g)) for g in group_by_architecture(bundles)]
         else:
@@ -115,24 +133,35 @@ class ServerState:
         )
         return {"groups": [n.num_owners for n in self.networks]}
 
-    def op_predict(self, payload: dict) -> dict:
-        """One batch: query shares -> one-hot label shares for the client, plus public costs."""
+    def _forward(self, query_share: Any) -> Any:
+        """Query shares -> this server's share of the released one-hot (a CrypTen tensor)."""
         import torch
 
         from ..mpc._crypten import MPCTensor, crypten
         from ..mpc.sharing import FRACTIONAL_BITS
 
-        comm = crypten.communicator
-
         if self.aggregation is None:
             raise RuntimeError("no owners loaded on this server")
-        decodes_before = self.audit.count
-        comm.get().reset_communication_stats()
-        start = time.perf_counter()
-        query = MPCTensor.from_shares(torch.from_numpy(payload["query_share"]), precision=FRACTIONAL_BITS)
+        query = MPCTensor.from_shares(torch.as_tensor(query_share), precision=FRACTIONAL_BITS)
         logits = [network(query) for network in self.networks]
         stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
-        label_share = self.aggregation(stacked).share.numpy().copy()
+        return self.aggregation(stacked)
+
+    def op_predict(self, payload: dict) -> dict:
+        """One batch: query shares -> one-hot label shares for the client, plus public costs.
+
+        With tuples in stock for this batch (:meth:`op_precompute`) the batch
+        makes no round trip to the dealer; ``dealer_requests`` counts those it made.
+        """
+        from ..mpc._crypten import crypten
+
+        comm = crypten.communicator
+        provider = self.provider
+        decodes_before = self.audit.count
+        misses_before = provider.misses if provider is not None else 0
+        comm.get().reset_communication_stats()
+        start = time.perf_counter()
+        label_share = self._forward(payload["query_share"]).share.numpy().copy()
         seconds = time.perf_counter() - start
         stats = comm.get().get_communication_stats()
         return {
@@ -141,7 +170,67 @@ class ServerState:
             "bytes": int(stats["bytes"]),
             "seconds": seconds,
             "decodes": self.audit.count - decodes_before,
+            "dealer_requests": (provider.misses - misses_before) if provider is not None else 0,
         }
+
+    # -- the offline phase --
+
+    def _record(self, rows: int) -> dict:
+        """Record the tuple requests of a batch of ``rows`` (a rehearsal on shares of zeros; output dropped)."""
+        import numpy as np
+
+        if self.input_shape is None:
+            raise RuntimeError("no owners (or no input shape) loaded on this server: nothing to precompute for")
+        start = time.perf_counter()
+        with self.provider.record() as requests:
+            self._forward(np.zeros((rows,) + self.input_shape, dtype=np.int64))
+        self.patterns[rows] = list(requests)
+        return {"rehearsal_seconds": time.perf_counter() - start, "requests": len(requests)}
+
+    def _stocked_batches(self, rows: int) -> int:
+        """Complete batches of ``rows`` in stock (the scarcest request decides)."""
+        from collections import Counter
+
+        from ..mpc.offline import request_key
+
+        needed = Counter(request_key(m, a, k) for m, a, k in self.patterns[rows])
+        stock = self.provider._stock  # noqa: SLF001 - the provider's own stock, read only
+        return min((len(stock.get(key, ())) // count for key, count in needed.items()), default=0)
+
+    def op_precompute(self, payload: dict) -> dict:
+        """Keep ``depth`` batches of ``rows`` in stock (record the batch's requests first if new).
+
+        Public figures only: seconds, rounds and bytes of this offline work
+        (the rehearsal included), dealer exchanges, tuples and bytes in stock.
+        """
+        from ..mpc._crypten import crypten
+
+        if self.provider is None:
+            raise RuntimeError("precomputation needs the secure TTP provider (Cluster(provider='ttp'))")
+        rows, depth = int(payload["rows"]), int(payload["depth"])
+        comm = crypten.communicator
+        comm.get().reset_communication_stats()
+        start = time.perf_counter()
+        figures: dict[str, Any] = {"rehearsal_seconds": 0.0, "exchanges": 0, "tuples": 0, "batches": 0}
+        if rows not in self.patterns:
+            figures.update(self._record(rows))
+        self.depths[rows] = max(depth, self.depths.get(rows, 0))
+        missing = self.depths[rows] - self._stocked_batches(rows)
+        if missing > 0:
+            dealt = self.provider.precompute(self.patterns[rows], copies=missing)
+            figures.update(exchanges=dealt["exchanges"], tuples=dealt["tuples"], batches=missing)
+        stats = comm.get().get_communication_stats()
+        figures.update(rows=rows, seconds=time.perf_counter() - start, rounds=int(stats["rounds"]),
+                       bytes=int(stats["bytes"]), stock_bytes=self.provider.stock_bytes,
+                       requests_per_batch=len(self.patterns[rows]))
+        return figures
+
+    def op_refill(self, payload: Any) -> list[dict]:
+        """Top every stocked batch size back up to its depth (after batches consumed it)."""
+        if self.provider is None:
+            return []
+        return [self.op_precompute({"rows": rows, "depth": depth}) for rows, depth in sorted(self.depths.items())
+                if self._stocked_batches(rows) < depth]
 
 
 def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, threads: int,
@@ -163,6 +252,10 @@ def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, t
     set_distributed_timeout(timeout)
     audit = DecodeAudit()
     audit.install()
+    if provider == "TTP":
+        from ..mpc.offline import install
+
+        install()  # CrypTen's TTP provider, able to stock tuples dealt ahead of time
     crypten.init()
     return audit
 
