@@ -16,7 +16,7 @@ Rows = Sequence[dict[str, Any]]
 
 def write_csv(rows: Rows, path: Path) -> None:
     """All rows (same keys) to ``path``; None is written as an empty cell."""
-    columns = list(rows[0]) if rows else []
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # rows may lack columns (failed points)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -23,14 +23,15 @@ from typing import Any, Callable, Iterator, Sequence
 from .env import REPO_ROOT, environment
 from .grid import Grid, select
 from .mia import mia_report, mia_suite
+from .perf import perf_report, perf_suite
 from .netmodel import NETWORKS
 from .plots import make_plots
 from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "mia")
-DEFAULT_SUITES = ("owners", "servers", "batch", "privacy")  # "mia" (attacks, minutes) only when asked for
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia")
+DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")  # "mia" (attacks, minutes) only when asked for
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
 
@@ -72,6 +73,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "batch": lambda: batch_suite(grid, seed=args.seed),
         "privacy": lambda: privacy_suite(grid, seed=args.seed, root=args.data_root, batch_size=args.privacy_batch,
                                          max_queries=args.privacy_max_queries),
+        "perf": lambda: perf_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
     }
     return runners[name]()
@@ -80,7 +82,8 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
 def _write_report(results: dict[str, list[dict[str, Any]]], env: dict[str, Any], out: Path) -> None:
     plots = make_plots(results, out)
     mia_plots, mia_section = mia_report(results.get("mia"), out)
-    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + mia_section)
+    perf_section = perf_report(results.get("perf"))
+    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + perf_section + mia_section)
 
 
 def _replot(out: Path) -> int:

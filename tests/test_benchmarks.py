@@ -42,7 +42,13 @@ COLUMNS = {
                 "best_single_owner_accuracy", "mean_single_owner_accuracy", "agreement_with_plaintext",
                 "rounds_per_batch", "wall_seconds", "server_peak_mib", *MEMORY],
 }
-TEXT = {"dataset", "aggregation", "mechanism", "error"}
+MODE = ["seconds_per_query", "mpc_seconds_per_batch", "rounds_per_batch", "bytes_per_query", "dealer_requests",
+        "profile_total_seconds", "profile_communication_seconds", "mpc_over_plaintext_time"]
+COLUMNS["perf"] = ["workload", "arch", "owners", "batch", "stacking", *(f"live_{c}" for c in MODE),
+                   *(f"precomputed_{c}" for c in MODE), "precomputed_offline_seconds_per_batch",
+                   "precomputed_offline_bytes_per_query", "precomputed_stock_mib_per_query",
+                   "plaintext_seconds_per_query", "server_peak_mib", "dealer_peak_mib", "error"]
+TEXT = {"dataset", "aggregation", "mechanism", "error", "workload", "arch", "stacking"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def _rows(out: Path, suite: str) -> list[dict[str, str]]:
 
 
 def test_files(quick_run: Path) -> None:
-    for name in ["owners.csv", "servers.csv", "batch.csv", "privacy.csv", "environment.json", "summary.md",
+    for name in ["owners.csv", "servers.csv", "batch.csv", "privacy.csv", "perf.csv", "environment.json", "summary.md",
                  "owners.png", "owners_netmodel.png", "servers.png", "batch.png", "privacy_breast-cancer.png"]:
         assert (quick_run / name).stat().st_size > 0, name
     env = json.loads((quick_run / "environment.json").read_text())
@@ -72,10 +78,10 @@ def test_files(quick_run: Path) -> None:
         assert key in env
     assert "--quick" in env["command"]
     summary = (quick_run / "summary.md").read_text()
-    assert "Network MODEL" in summary and "| owners |" in summary
+    assert "Network MODEL" in summary and "| owners |" in summary and "## Performance" in summary
 
 
-@pytest.mark.parametrize("suite", ["owners", "servers", "batch", "privacy"])
+@pytest.mark.parametrize("suite", ["owners", "servers", "batch", "privacy", "perf"])
 def test_figures_are_finite_and_no_point_failed(quick_run: Path, suite: str) -> None:
     for row in _rows(quick_run, suite):
         assert row["error"] == "", row["error"]
@@ -111,3 +117,17 @@ def test_noiseless_private_labels_match_plaintext(quick_run: Path) -> None:
     assert noiseless
     for row in noiseless:  # fixed-point rounding may flip a rare near-tie, nothing more
         assert float(row["agreement_with_plaintext"]) >= 0.95
+
+
+def test_precomputed_batches_skip_the_dealer_and_stacking_keeps_rounds_flat(quick_run: Path) -> None:
+    rows = _rows(quick_run, "perf")
+    assert {r["workload"] for r in rows} == {"readme", "k10", "k50"}
+    for row in rows:
+        assert int(row["precomputed_dealer_requests"]) == 0 < int(row["live_dealer_requests"])
+        assert int(row["precomputed_rounds_per_batch"]) < int(row["live_rounds_per_batch"])
+        assert float(row["precomputed_stock_mib_per_query"]) > 0
+    k50 = [r for r in rows if r["workload"] == "k50"]
+    stacked = {int(r["owners"]): int(r["precomputed_rounds_per_batch"]) for r in k50 if r["stacking"] == "True"}
+    naive = [int(r["precomputed_rounds_per_batch"]) for r in k50 if r["stacking"] == "False"]
+    assert len(stacked) == 2 and len(set(stacked.values())) == 1, stacked  # K owners cost K = 1's rounds
+    assert naive and naive[0] > max(stacked.values())

@@ -99,6 +99,7 @@ class PrecomputedTTP(crypten.mpc.provider.TrustedThirdParty):
         self._recording: list[tuple[str, tuple, dict]] | None = None
         self.hits = 0
         self.misses = 0
+        self.dealer_seconds = 0.0  # spent waiting for on-line dealer requests (misses)
         self.stock_bytes = 0
 
     # -- recording the requests of a batch --
@@ -125,6 +126,10 @@ class PrecomputedTTP(crypten.mpc.provider.TrustedThirdParty):
                 self.stock_bytes -= _tuple_bytes(value)
                 return value
             self.misses += 1
+            start = time.perf_counter()
+            value = getattr(super(), method)(*args, **kwargs)
+            self.dealer_seconds += time.perf_counter() - start
+            return value
         return getattr(super(), method)(*args, **kwargs)
 
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):  # noqa: D102
