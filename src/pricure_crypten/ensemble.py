@@ -140,6 +140,28 @@ class OfflineCost:
         )
 
 
+_STAGE_CATEGORY = {"linear": "linear", "conv2d": "linear", "affine": "linear", "flatten": "linear",
+                   "relu": "activation", "square": "activation", "avgpool2d": "pooling", "maxpool2d": "pooling"}
+
+
+def summarise_profile(replies: list[dict], wall_seconds: float) -> dict[str, float]:
+    """Per-category seconds of a profiled batch (the slowest server per category)."""
+    per_server = []
+    for reply in replies:
+        totals: dict[str, float] = {"communication": 0.0, "dealer": float(reply["dealer_seconds"]), "total": 0.0}
+        for stage in reply["stages"]:
+            kind = stage["stage"].split(":")[-1]
+            category = _STAGE_CATEGORY.get(kind, kind if kind.startswith("aggregation") else "other")
+            totals[category] = totals.get(category, 0.0) + stage["seconds"]
+            totals["communication"] += stage["communication_seconds"]
+            totals["total"] += stage["seconds"]
+        per_server.append(totals)
+    keys = sorted({k for totals in per_server for k in totals})
+    summary = {k: max(t.get(k, 0.0) for t in per_server) for k in keys}
+    summary["routing"] = max(0.0, wall_seconds - summary["total"])
+    return summary
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The client's view of one prediction call: labels (-1 = abstain) and its cost."""
@@ -281,6 +303,29 @@ class PrivateEnsemble:
         cost = OfflineCost.of(self._cluster.broadcast("precompute", {"rows": rows, "depth": batches}))
         self.offline_costs.append(cost)
         return cost
+
+    def profile(self, queries: torch.Tensor | np.ndarray, *, stock: bool = False) -> dict[str, float]:
+        """Where the seconds of one MPC batch go (for benchmarks): nothing is revealed or charged.
+
+        Runs ``queries`` as one batch with every stage timed on every server
+        (the servers drop the result: no share leaves them). With ``stock``,
+        the batch's tuples are precomputed first. Returns seconds per
+        category, the slowest server's: ``linear`` (Linear, Conv2d, affine,
+        Flatten), ``activation`` (ReLU, Square), ``pooling``, ``aggregation_*``
+        stages, their ``communication`` part, ``dealer`` (waiting for
+        on-line dealer requests, inside the stages) and ``routing`` (the
+        launcher's pickling and pipes: the call's wall time minus the servers').
+        """
+        batch = Client.check_queries(queries, self.input_shape)
+        self._check_open()
+        self.start()
+        if stock:
+            self.precompute(batch.shape[0])
+        shares = Client("profile").share_queries(batch, num_servers=self.num_servers)
+        begin = time.perf_counter()
+        replies = self._cluster.request("profile", [{"query_share": s} for s in shares])
+        wall = time.perf_counter() - begin
+        return summarise_profile(replies, wall)
 
     def refill(self) -> list[OfflineCost]:
         """Top every stocked batch size back up to its depth (the scheduler does this when idle)."""

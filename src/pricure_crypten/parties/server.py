@@ -173,6 +173,49 @@ class ServerState:
             "dealer_requests": (provider.misses - misses_before) if provider is not None else 0,
         }
 
+    def op_profile(self, payload: dict) -> dict:
+        """One batch, timed stage by stage; the label share is dropped (nothing leaves this server).
+
+        Public figures only: for each stage (every layer of every stacked
+        network, the aggregation's clamp, histogram and release) its seconds
+        and the part of them spent in communication; the time spent waiting
+        for on-line dealer requests. No share is returned, so nothing can be revealed.
+        """
+        import torch
+
+        from ..mpc._crypten import MPCTensor, crypten
+        from ..mpc.sharing import FRACTIONAL_BITS
+
+        comm = crypten.communicator
+        provider = self.provider
+        dealer_before = provider.dealer_seconds if provider is not None else 0.0
+        stages: list[dict] = []
+
+        def timed(name: str, step: Any, value: Any) -> Any:
+            comm.get().reset_communication_stats()
+            start = time.perf_counter()
+            out = step(value)
+            stats = comm.get().get_communication_stats()
+            stages.append({"stage": name, "seconds": time.perf_counter() - start,
+                           "communication_seconds": float(stats["time"]), "rounds": int(stats["rounds"])})
+            return out
+
+        if self.aggregation is None:
+            raise RuntimeError("no owners loaded on this server")
+        query = MPCTensor.from_shares(torch.as_tensor(payload["query_share"]), precision=FRACTIONAL_BITS)
+        logits = []
+        for network in self.networks:
+            x = query
+            for name, step in (network.stages() if hasattr(network, "stages") else [("network", network)]):
+                x = timed(name, step, x)
+            logits.append(x)
+        stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
+        aggregation = self.aggregation
+        for name, step in (aggregation.stages() if hasattr(aggregation, "stages") else [("aggregation", aggregation)]):
+            stacked = timed(name, step, stacked)
+        dealer = (provider.dealer_seconds - dealer_before) if provider is not None else 0.0
+        return {"stages": stages, "dealer_seconds": dealer}
+
     # -- the offline phase --
 
     def _record(self, rows: int) -> dict:
