@@ -153,14 +153,14 @@ def test_exactly_one_reveal_per_call_and_only_to_the_client(running_ensemble, mo
     for op, out in replies:
         assert op == "predict"
         for reply in out:  # what leaves a server: one label share and public cost figures
-            assert set(reply) == {"label_share", "rounds", "bytes", "seconds", "decodes"}
+            assert set(reply) == {"label_share", "rounds", "bytes", "seconds", "decodes", "dealer_requests"}
             assert reply["label_share"].dtype == np.int64 and reply["label_share"].shape == (5, 3)
     assert all(info["decodes"] == 0 for info in running_ensemble.server_info())
 
 
 def test_secure_configuration_uses_a_separate_dealer(running_ensemble):
     infos = running_ensemble.server_info()
-    assert [i["provider"] for i in infos] == ["TrustedThirdParty"] * 2
+    assert [i["provider"] for i in infos] == ["PrecomputedTTP"] * 2  # CrypTen's TTP, able to stock tuples
     assert [i["cfg_provider"] for i in infos] == ["TTP"] * 2
     dealer = running_ensemble.cluster.dealer_pid
     assert dealer is not None and dealer not in [i["pid"] for i in infos]

@@ -5,6 +5,18 @@ in one ``nn.Sequential`` without a custom ``forward``; every model here is
 built from them only. Architectures are described by JSON-serialisable dicts
 such as ``{"name": "small_cnn", "in_channels": 1, "image_size": 28,
 "num_classes": 2}``, turned into models by :func:`build_model`.
+
+MPC-friendly variants. Under MPC, linear layers (Linear, Conv2d, AvgPool2d,
+folded BatchNorm) are cheap: local work plus one truncation. Each ReLU
+element is a ~64-bit secure comparison (many rounds and bytes per element),
+and each MaxPool2d window costs ``kernel_area - 1`` such comparisons, so the
+cost of :func:`small_cnn` is dominated by the ReLU on its first convolution's
+full output (24x24x8 = 4,608 elements for a 28x28 image). The variants
+:func:`pool_first_cnn`, :func:`strided_cnn`, :func:`narrow_cnn` and
+:func:`square_cnn` cut that count (pooling before the activation, a strided
+convolution, fewer channels) or replace ReLU by :class:`Square` (one Beaver
+square, no comparison). :func:`nonlinear_elements` counts the nonlinear
+elements per image of any model, as the secure backend would evaluate them.
 """
 
 from __future__ import annotations
@@ -16,12 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..mpc.layers import Square, convert
 from .data import Dataset
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv2d,
     nn.ReLU,
+    Square,
     nn.AvgPool2d,
     nn.MaxPool2d,
     nn.Flatten,
@@ -87,7 +101,189 @@ def lenet(*, in_channels: int, image_size: int, num_classes: int) -> nn.Sequenti
     )
 
 
-ARCHITECTURES = {"mlp": mlp, "small_cnn": small_cnn, "lenet": lenet}
+def pool_first_cnn(*, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+    """:func:`small_cnn` with the 2x2 average pooling moved BEFORE the first ReLU.
+
+    Conv2d(in, 8, 5) -> AvgPool2d(2) -> ReLU -> Flatten -> Linear(-> 32) ->
+    ReLU -> Linear(32 -> num_classes); same weights (and weight count) as
+    small_cnn, same padding rule. Convolution followed by average pooling is
+    one linear map, so the first ReLU runs on the pooled 12x12x8 map.
+
+    Nonlinear elements per 28x28 image: 8*12*12 + 32 = 1,184 ReLU (small_cnn:
+    4,640), 3.9x fewer secure comparisons. 8x8 images: 8*4*4 + 32 = 160
+    (small_cnn: 544).
+    """
+    _check_positive(in_channels=in_channels, num_classes=num_classes)
+    _check_image_size(image_size, minimum=8)
+    padding = 2 if image_size < 28 else 0
+    side = (image_size + 2 * padding - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel_size=5, padding=padding),
+        nn.AvgPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * side * side, 32),
+        nn.ReLU(),
+        nn.Linear(32, num_classes),
+    )
+
+
+def strided_cnn(*, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+    """A stride-2 first convolution, then (on large images) average pooling, then the first ReLU.
+
+    Conv2d(in, 8, 5, stride=2) -> [AvgPool2d(2)] -> ReLU -> Flatten ->
+    Linear(-> 32) -> ReLU -> Linear(32 -> num_classes). Padding 2 below 28
+    pixels, none from 28 up (as small_cnn). The pooling is there only when the
+    convolution's output is at least 8 pixels wide (28x28 images: 12x12 ->
+    6x6), so that small images (8x8 digits: 4x4) keep enough features. At
+    28x28 the first activation map is 16x smaller than small_cnn's (6x6
+    instead of 24x24 per channel) and the dense layer 4x smaller (288 inputs
+    instead of 1,152).
+
+    Nonlinear elements per 28x28 image: 8*6*6 + 32 = 320 ReLU (small_cnn:
+    4,640), 14.5x fewer. 8x8 images: 8*4*4 + 32 = 160 (small_cnn: 544).
+    """
+    _check_positive(in_channels=in_channels, num_classes=num_classes)
+    _check_image_size(image_size, minimum=8)
+    padding = 2 if image_size < 28 else 0
+    side = (image_size + 2 * padding - 5) // 2 + 1
+    pool = side >= 8
+    if pool:
+        side //= 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel_size=5, stride=2, padding=padding),
+        *([nn.AvgPool2d(2)] if pool else []),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * side * side, 32),
+        nn.ReLU(),
+        nn.Linear(32, num_classes),
+    )
+
+
+def narrow_cnn(*, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+    """:func:`pool_first_cnn` at half width: 4 first-layer channels, 16 hidden units.
+
+    Conv2d(in, 4, 5) -> AvgPool2d(2) -> ReLU -> Flatten -> Linear(-> 16) ->
+    ReLU -> Linear(16 -> num_classes); padding as small_cnn. About a quarter
+    of small_cnn's weights (half the channels, half the hidden units).
+
+    Nonlinear elements per 28x28 image: 4*12*12 + 16 = 592 ReLU (small_cnn:
+    4,640), 7.8x fewer. 8x8 images: 4*4*4 + 16 = 80 (small_cnn: 544).
+    """
+    _check_positive(in_channels=in_channels, num_classes=num_classes)
+    _check_image_size(image_size, minimum=8)
+    padding = 2 if image_size < 28 else 0
+    side = (image_size + 2 * padding - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, kernel_size=5, padding=padding),
+        nn.AvgPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * side * side, 16),
+        nn.ReLU(),
+        nn.Linear(16, num_classes),
+    )
+
+
+def square_cnn(*, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+    """:func:`pool_first_cnn` with :class:`~pricure_crypten.mpc.layers.Square` activations.
+
+    Conv2d(in, 8, 5) -> BatchNorm2d(8) -> AvgPool2d(2) -> Square -> Flatten ->
+    Linear(-> 32) -> BatchNorm1d(32) -> Square -> Linear(32 -> num_classes) ->
+    BatchNorm1d(num_classes); padding as small_cnn. Each BatchNorm directly
+    follows a Conv2d/Linear, so :func:`~pricure_crypten.mpc.layers.convert`
+    folds it into that layer at inference (no extra layer under MPC); in
+    training it keeps the inputs of each Square near unit scale, which keeps
+    the quadratic activations (and the fixed-point values under MPC) bounded,
+    and the last one keeps the logits (sums of squares) on a sane scale,
+    which measurably helps on PneumoniaMNIST. Because of the BatchNorm1d
+    layers, a training minibatch must hold at least 2 examples.
+
+    Nonlinear elements per 28x28 image: no ReLU, 8*12*12 + 32 = 1,184 Square.
+    A Square is one Beaver multiplication and a truncation (one round trip,
+    a few ring elements per element), against a full comparison circuit per
+    ReLU element. 8x8 images: 160 Square.
+    """
+    _check_positive(in_channels=in_channels, num_classes=num_classes)
+    _check_image_size(image_size, minimum=8)
+    padding = 2 if image_size < 28 else 0
+    side = (image_size + 2 * padding - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, kernel_size=5, padding=padding),
+        nn.BatchNorm2d(8),
+        nn.AvgPool2d(2),
+        Square(),
+        nn.Flatten(),
+        nn.Linear(8 * side * side, 32),
+        nn.BatchNorm1d(32),
+        Square(),
+        nn.Linear(32, num_classes),
+        nn.BatchNorm1d(num_classes),
+    )
+
+
+ARCHITECTURES = {
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "lenet": lenet,
+    "pool_first_cnn": pool_first_cnn,
+    "strided_cnn": strided_cnn,
+    "narrow_cnn": narrow_cnn,
+    "square_cnn": square_cnn,
+}
+
+#: The image architectures meant for MPC-cheap inference (see :func:`nonlinear_elements`).
+MPC_FRIENDLY = ("pool_first_cnn", "strided_cnn", "narrow_cnn", "square_cnn")
+
+
+def nonlinear_elements(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Nonlinear work per example of ``model`` as the secure backend evaluates it.
+
+    The model is converted with :func:`~pricure_crypten.mpc.layers.convert`
+    (BatchNorm folded, Dropout dropped; an unsupported layer raises
+    :class:`~pricure_crypten.mpc.layers.UnsupportedLayerError`) and the specs
+    are dry-run on one zero input of ``input_shape`` (shapes only).
+
+    Returns:
+        ``{"relu": ReLU elements, "square": Square elements,
+        "maxpool_comparisons": pairwise comparisons of MaxPool2d windows
+        (output elements times ``kernel_area - 1``), "comparisons": relu +
+        maxpool_comparisons}``, each per example.
+    """
+    import torch.nn.functional as F
+
+    counts = {"relu": 0, "square": 0, "maxpool_comparisons": 0}
+    x = torch.zeros((1, *(int(s) for s in input_shape)), dtype=torch.float64)
+    for spec in convert(model):
+        params = [torch.zeros(p.shape, dtype=torch.float64) for p in spec.params]
+        if spec.kind == "linear":
+            x = F.linear(x.flatten(1) if x.dim() != 2 else x, *params)
+        elif spec.kind == "conv2d":
+            x = F.conv2d(x, *params, stride=spec.option("stride"), padding=spec.option("padding"),
+                         dilation=spec.option("dilation"))
+        elif spec.kind in ("avgpool2d", "maxpool2d"):
+            pool = F.avg_pool2d if spec.kind == "avgpool2d" else F.max_pool2d
+            x = pool(x, kernel_size=spec.option("kernel_size"), stride=spec.option("stride"),
+                     padding=spec.option("padding"))
+            if spec.kind == "maxpool2d":
+                kh, kw = spec.option("kernel_size")
+                counts["maxpool_comparisons"] += x.numel() * (kh * kw - 1)
+        elif spec.kind == "flatten":
+            x = x.flatten(1)
+        elif spec.kind == "relu":
+            counts["relu"] += x.numel()
+        elif spec.kind == "square":
+            counts["square"] += x.numel()
+        elif spec.kind != "affine":
+            raise ValueError(f"unexpected layer kind {spec.kind!r}")
+    counts["comparisons"] = counts["relu"] + counts["maxpool_comparisons"]
+    return counts
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters (BatchNorm's affine ones included)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def build_model(arch: dict[str, Any], *, seed: int | None = None) -> nn.Sequential:

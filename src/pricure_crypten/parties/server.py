@@ -212,7 +212,7 @@ class ServerState:
         stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
         aggregation = self.aggregation
         for name, step in (aggregation.stages() if hasattr(aggregation, "stages") else [("aggregation", aggregation)]):
-            stacked = timed(name, step, stacked)
+            stacked = timed(f"aggregation_{name}", step, stacked)
         dealer = (provider.dealer_seconds - dealer_before) if provider is not None else 0.0
         return {"stages": stages, "dealer_seconds": dealer}
 
