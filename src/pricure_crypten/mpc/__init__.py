@@ -3,8 +3,13 @@
 * :mod:`.randomness` and :mod:`.sharing`: the CSPRNG and fixed-point additive
   shares (no CrypTen needed);
 * :mod:`.layers`: ``torch.nn`` -> layer specs (the supported set);
-* :mod:`.inference` (stacked owners) and :mod:`.baseline` (one module per
-  owner), :mod:`.aggregation` (clamp, histogram, noise, argmax): CrypTen modules.
+* :mod:`.stacked` (K owners' layers as stacked ``crypten.nn`` modules with
+  registered parameters; :mod:`.inference` re-exports its network) and
+  :mod:`.baseline` (the same modules, one network per owner, evaluated one
+  after the other), :mod:`.aggregation` (clamp, histogram, noise, argmax in
+  batched comparison passes): CrypTen modules;
+* :mod:`.offline`: the dealer's tuples for whole batches, recorded, dealt in
+  bulk ahead of time and used once each (the offline/online split).
 
 Nothing here knows about processes, queues or the network. Modules that need
 CrypTen import it through :mod:`._crypten`, which applies the compatibility
