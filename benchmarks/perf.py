@@ -47,7 +47,8 @@ from .measure import attempt, measure_plaintext
 from .memory import largest_peak_mib
 
 #: The zoo's architectures compared at K = 10 (small_cnn first: the reference).
-ARCHITECTURES = ("small_cnn", "strided_cnn", "pool_first_cnn", "narrow_cnn", "square_cnn")
+ARCHITECTURES = ("small_cnn", "coarse_cnn", "strided_narrow_cnn", "strided_cnn", "pool_first_cnn", "narrow_cnn",
+                 "square_cnn", "hybrid_cnn")
 IMAGE = (1, 28, 28)
 README_FEATURES = 30
 

@@ -50,3 +50,34 @@ def cli_exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as stop:
         return stop.code
+
+
+def plain_forward(specs, x):
+    """Plaintext float64 evaluation of converted layer specs (torch.nn.functional; independent of the model code)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = x.double()
+    for spec in specs:
+        params = [torch.from_numpy(p) for p in spec.params]
+        if spec.kind == "linear":
+            x = F.linear(x, *params)
+        elif spec.kind == "conv2d":
+            x = F.conv2d(x, *params, stride=spec.option("stride"), padding=spec.option("padding"),
+                         dilation=spec.option("dilation"))
+        elif spec.kind == "avgpool2d":
+            x = F.avg_pool2d(x, spec.option("kernel_size"), spec.option("stride"), spec.option("padding"))
+        elif spec.kind == "maxpool2d":
+            x = F.max_pool2d(x, spec.option("kernel_size"), spec.option("stride"), spec.option("padding"))
+        elif spec.kind == "flatten":
+            x = x.flatten(1)
+        elif spec.kind == "relu":
+            x = x.clamp(min=0)
+        elif spec.kind == "square":
+            x = x * x
+        elif spec.kind == "affine":
+            shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+            x = x * params[0].reshape(shape) + params[1].reshape(shape)
+        else:
+            raise AssertionError(f"unexpected kind {spec.kind}")
+    return x

@@ -9,32 +9,7 @@ from torch import nn
 
 from pricure_crypten import ModelOwner, UnsupportedLayerError
 from pricure_crypten.mpc.layers import convert
-
-
-def _plain_forward(specs, x):
-    """Evaluate converted specs in plaintext (float64) to check folding and options."""
-    import torch.nn.functional as F
-
-    x = x.double()
-    for s in specs:
-        p = [torch.from_numpy(a) for a in s.params]
-        if s.kind == "linear":
-            x = x @ p[0].T + p[1]
-        elif s.kind == "conv2d":
-            x = F.conv2d(x, p[0], p[1], stride=s.option("stride"), padding=s.option("padding"),
-                         dilation=s.option("dilation"))
-        elif s.kind == "relu":
-            x = x.relu()
-        elif s.kind == "avgpool2d":
-            x = F.avg_pool2d(x, s.option("kernel_size"), s.option("stride"), s.option("padding"))
-        elif s.kind == "maxpool2d":
-            x = F.max_pool2d(x, s.option("kernel_size"), s.option("stride"), s.option("padding"))
-        elif s.kind == "flatten":
-            x = x.flatten(1)
-        elif s.kind == "affine":
-            shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
-            x = x * p[0].reshape(shape) + p[1].reshape(shape)
-    return x
+from tests.helpers import plain_forward
 
 
 def _randomise_bn(model):
@@ -61,7 +36,7 @@ def test_every_supported_layer_converts_and_batchnorm_folds_exactly():
                      "linear", "relu", "linear"]
     x = torch.randn(5, 1, 12, 12)
     with torch.no_grad():
-        assert torch.allclose(_plain_forward(specs, x), model(x).double(), atol=1e-5)
+        assert torch.allclose(plain_forward(specs, x), model(x).double(), atol=1e-5)
 
 
 @pytest.mark.parametrize(
