@@ -197,7 +197,9 @@ class Offline:
             stocked size, so that it runs from stock (default True). Padding
             rows are computed and dropped; their labels reach nobody.
         refill: top the stock up after each batch, when no query waits
-            (default True); otherwise call ``PrivateEnsemble.refill()``.
+            (default True); otherwise call ``PrivateEnsemble.refill()``. A
+            query that arrives during a top-up waits for it to finish (at
+            most ``depth`` batches' offline seconds per stocked size).
     """
 
     batch_sizes: tuple[int, ...] = ()
