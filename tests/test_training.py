@@ -262,3 +262,16 @@ def test_save_owner_rejects_non_json_metadata_and_load_rejects_foreign_files(tmp
     torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not an owner model file"):
         load_owner(tmp_path / "foreign.pt")
+
+
+def test_a_trailing_minibatch_of_one_does_not_break_batchnorm_models():
+    """square_cnn has BatchNorm1d layers; 33 training rows in minibatches of 32 leave one row,
+    which BatchNorm cannot normalise in training mode (it raised before the fix)."""
+    torch.manual_seed(0)
+    x = torch.rand(41, 1, 8, 8)  # 41 rows, val_fraction 0.2 -> 8 validation, 33 fit rows: 32 + 1
+    y = torch.arange(41) % 2
+    model = build_model({"name": "square_cnn", "in_channels": 1, "image_size": 8, "num_classes": 2}, seed=0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.train()(x[:1])  # the failure the training loop must avoid
+    trained = train_owner(model, x, y, num_classes=2, epochs=2, batch_size=32, val_fraction=0.2, seed=0)
+    assert trained is not None

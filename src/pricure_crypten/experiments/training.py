@@ -261,7 +261,12 @@ def _run_epoch(model, optimizer, x, y, weights, *, batch_size, generator) -> flo
     """One pass over (x, y) in random minibatches; returns the mean training loss."""
     model.train()
     total = 0.0
-    for batch in torch.randperm(len(y), generator=generator).split(batch_size):
+    batches = list(torch.randperm(len(y), generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        batches[-2:] = [torch.cat(batches[-2:])]  # BatchNorm cannot normalise a batch of one example
+    for batch in batches:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x[batch]), y[batch], weight=weights)
         loss.backward()
