@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ._validation import check_int
 from .config import Aggregation, Batching, Cluster, ExperimentOptions, Offline
 from .mpc.randomness import SecureRandom
 from .parties.batching import RequestScheduler
@@ -125,7 +126,7 @@ class OfflineCost:
     @property
     def stock_bytes_per_query(self) -> float:
         """Offline storage per query on one server, from the stock held for ``batches`` batches."""
-        return self.stock_bytes / (self.rows * max(1, self.batches)) if self.batches else float("nan")
+        return self.stock_bytes / (self.rows * self.batches) if self.batches else float("nan")
 
     @classmethod
     def of(cls, replies: list[dict]) -> "OfflineCost":
@@ -293,8 +294,6 @@ class PrivateEnsemble:
         involved). Returns the offline cost. See :class:`~pricure_crypten.config.Offline`
         for stock that is kept topped up automatically.
         """
-        from ._validation import check_int
-
         rows = check_int(rows, name="rows", minimum=1, maximum=self.batching.max_rows)
         batches = check_int(batches, name="batches", minimum=1)
         if not self.cluster_config.needs_dealer:

@@ -154,6 +154,11 @@ class PrecomputedTTP(crypten.mpc.provider.TrustedThirdParty):
         """Tuples in stock."""
         return sum(len(q) for q in self._stock.values())
 
+    def copies_in_stock(self, requests: list[tuple[str, tuple, dict]]) -> int:
+        """Complete repetitions of ``requests`` (one batch's list) in stock: the scarcest request decides."""
+        needed = collections.Counter(request_key(m, a, k) for m, a, k in requests)
+        return min((len(self._stock.get(key, ())) // count for key, count in needed.items()), default=0)
+
     def clear(self) -> None:
         """Drop the stock (its tuples are never used)."""
         self._stock.clear()
@@ -249,11 +254,9 @@ class PrecomputedTTP(crypten.mpc.provider.TrustedThirdParty):
 
 def _wrap(method: str, pieces: list, arithmetic: Any, binary: Any) -> Any:
     """The tuple as CrypTen's TTP provider returns it (shares with precision 0)."""
-    if method == "generate_additive_triple":
-        return tuple(arithmetic.from_shares(p, precision=0) for p in pieces)
     if method == "generate_binary_triple":
         return tuple(binary.from_shares(p) for p in pieces)
-    if method in ("square", "wrap_rng"):
+    if method != "B2A_rng":  # additive triples, square pairs, wrap pairs
         return tuple(arithmetic.from_shares(p, precision=0) for p in pieces)
     r_bits, r_arith = pieces  # B2A_rng returns (rA, rB)
     return arithmetic.from_shares(r_arith, precision=0), binary.from_shares(r_bits)

@@ -133,19 +133,30 @@ class ServerState:
         )
         return {"groups": [n.num_owners for n in self.networks]}
 
-    def _forward(self, query_share: Any) -> Any:
-        """Query shares -> this server's share of the released one-hot (a CrypTen tensor)."""
-        import torch
+    def _forward(self, query_share: Any, timed: Any = None) -> Any:
+        """Query shares -> this server's share of the released one-hot (a CrypTen tensor).
 
-        from ..mpc._crypten import MPCTensor, crypten
-        from ..mpc.sharing import FRACTIONAL_BITS
+        With ``timed`` (profiling), every stage of every network and of the
+        aggregation goes through ``timed(name, stage, value)`` instead of the
+        modules being called whole.
+        """
+        from ..mpc._crypten import crypten
+        from ..mpc.stacked import load_share
 
         if self.aggregation is None:
             raise RuntimeError("no owners loaded on this server")
-        query = MPCTensor.from_shares(torch.as_tensor(query_share), precision=FRACTIONAL_BITS)
-        logits = [network(query) for network in self.networks]
+
+        def run(module: Any, value: Any, prefix: str = "") -> Any:
+            if timed is None:
+                return module(value)
+            for name, stage in (module.stages() if hasattr(module, "stages") else [("network", module)]):
+                value = timed(prefix + name, stage, value)
+            return value
+
+        query = load_share(query_share)
+        logits = [run(network, query) for network in self.networks]
         stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
-        return self.aggregation(stacked)
+        return run(self.aggregation, stacked, "aggregation_")
 
     def op_predict(self, payload: dict) -> dict:
         """One batch: query shares -> one-hot label shares for the client, plus public costs.
@@ -181,10 +192,7 @@ class ServerState:
         and the part of them spent in communication; the time spent waiting
         for on-line dealer requests. No share is returned, so nothing can be revealed.
         """
-        import torch
-
-        from ..mpc._crypten import MPCTensor, crypten
-        from ..mpc.sharing import FRACTIONAL_BITS
+        from ..mpc._crypten import crypten
 
         comm = crypten.communicator
         provider = self.provider
@@ -200,19 +208,7 @@ class ServerState:
                            "communication_seconds": float(stats["time"]), "rounds": int(stats["rounds"])})
             return out
 
-        if self.aggregation is None:
-            raise RuntimeError("no owners loaded on this server")
-        query = MPCTensor.from_shares(torch.as_tensor(payload["query_share"]), precision=FRACTIONAL_BITS)
-        logits = []
-        for network in self.networks:
-            x = query
-            for name, step in (network.stages() if hasattr(network, "stages") else [("network", network)]):
-                x = timed(name, step, x)
-            logits.append(x)
-        stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
-        aggregation = self.aggregation
-        for name, step in (aggregation.stages() if hasattr(aggregation, "stages") else [("aggregation", aggregation)]):
-            stacked = timed(f"aggregation_{name}", step, stacked)
+        self._forward(payload["query_share"], timed)  # the label share is dropped here
         dealer = (provider.dealer_seconds - dealer_before) if provider is not None else 0.0
         return {"stages": stages, "dealer_seconds": dealer}
 
@@ -229,16 +225,6 @@ class ServerState:
             self._forward(np.zeros((rows,) + self.input_shape, dtype=np.int64))
         self.patterns[rows] = list(requests)
         return {"rehearsal_seconds": time.perf_counter() - start, "requests": len(requests)}
-
-    def _stocked_batches(self, rows: int) -> int:
-        """Complete batches of ``rows`` in stock (the scarcest request decides)."""
-        from collections import Counter
-
-        from ..mpc.offline import request_key
-
-        needed = Counter(request_key(m, a, k) for m, a, k in self.patterns[rows])
-        stock = self.provider._stock  # noqa: SLF001 - the provider's own stock, read only
-        return min((len(stock.get(key, ())) // count for key, count in needed.items()), default=0)
 
     def op_precompute(self, payload: dict) -> dict:
         """Keep ``depth`` batches of ``rows`` in stock (record the batch's requests first if new).
@@ -258,7 +244,7 @@ class ServerState:
         if rows not in self.patterns:
             figures.update(self._record(rows))
         self.depths[rows] = max(depth, self.depths.get(rows, 0))
-        missing = self.depths[rows] - self._stocked_batches(rows)
+        missing = self.depths[rows] - self.provider.copies_in_stock(self.patterns[rows])
         if missing > 0:
             dealt = self.provider.precompute(self.patterns[rows], copies=missing)
             figures.update(exchanges=dealt["exchanges"], tuples=dealt["tuples"], batches=missing)
@@ -273,7 +259,7 @@ class ServerState:
         if self.provider is None:
             return []
         return [self.op_precompute({"rows": rows, "depth": depth}) for rows, depth in sorted(self.depths.items())
-                if self._stocked_batches(rows) < depth]
+                if self.provider.copies_in_stock(self.patterns[rows]) < depth]
 
 
 def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, threads: int,
