@@ -304,3 +304,44 @@ def test_partition_property(n, num_owners, scheme, alpha, seed):
     )
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
     assert min(len(p) for p in parts) >= max(min_size, 1)
+
+
+SHARED_MNIST = SHARED_MEDMNIST.parent / "mnist" / "mnist.npz"
+
+
+def test_mnist_reads_an_npz_offline_when_torchvision_files_are_absent(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
+    y_train = np.repeat(np.arange(10, dtype=np.uint8), 20)
+    x_test = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    y_test = np.tile(np.arange(10, dtype=np.uint8), 3)
+    np.savez_compressed(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    d = load_dataset("mnist", root=tmp_path, seed=0)
+    assert (len(d.train_x), len(d.val_x), len(d.test_x)) == (180, 20, 30)
+    assert d.input_shape == (1, 28, 28) and d.num_classes == 10
+    np.testing.assert_array_equal(d.test_x.numpy()[:, 0], x_test.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(d.test_y.numpy(), y_test)
+    # train + val together are exactly the file's training rows, each once
+    together = np.concatenate([d.train_x.numpy()[:, 0], d.val_x.numpy()[:, 0]]) * 255.0
+    assert sorted(map(bytes, together.astype(np.uint8))) == sorted(map(bytes, x_train))
+    assert np.bincount(d.val_y.numpy(), minlength=10).tolist() == [2] * 10  # stratified 10%
+
+
+def test_a_malformed_mnist_npz_is_refused_with_its_path(tmp_path):
+    np.savez(tmp_path / "mnist.npz", images=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(DatasetNotFoundError, match="mnist.npz"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_missing_mnist_names_both_layouts(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="mnist.npz"):
+        load_dataset("mnist", root=tmp_path)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.exists(), reason=f"shared MNIST not found at {SHARED_MNIST}")
+def test_the_shared_full_mnist_loads_with_its_documented_label_counts():
+    d = load_dataset("mnist", root=SHARED_MNIST.parent, seed=0)
+    counts = np.bincount(np.concatenate([d.train_y.numpy(), d.val_y.numpy()]), minlength=10)
+    # the counts stated in shared/data/README.md (the official training split)
+    assert counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert len(d.test_y) == 10_000

@@ -11,7 +11,10 @@ Three families of datasets are available by name (:func:`available_datasets`):
   against the MD5 in ``medmnist.INFO``, so subsets of the official data (such
   as the shared ``pneumoniamnist.npz``) load too.
 * ``"mnist"`` and ``"fashion-mnist"`` through :mod:`torchvision.datasets`,
-  with a stratified 10% validation split carved from the training set.
+  with a stratified 10% validation split carved from the training set. Offline,
+  where torchvision's files are absent, ``<root>/<name>.npz`` in the widely used
+  ``mnist.npz`` layout (``x_train``, ``y_train``, ``x_test``, ``y_test``, uint8) is
+  read instead (the project's shared ``mnist/mnist.npz`` is such a file).
 
 File-backed datasets look for their data in ``root``, else in the directory
 named by the environment variable ``PRICURE_DATA_ROOT``, else in a default
@@ -274,18 +277,41 @@ def _load_torchvision(name: str, *, root: str | Path | None, download: bool, see
 
     cls = getattr(torchvision.datasets, _TORCHVISION[name])
     directory = _resolve_root(root, Path.home() / ".pricure" / "data")
+    packed = directory / f"{name}.npz"
     try:
         train = cls(str(directory), train=True, download=download)
         test = cls(str(directory), train=False, download=download)
     except (RuntimeError, OSError) as err:  # missing files, network errors
-        expected = ", ".join(os.path.splitext(file)[0] for file, _ in cls.resources)
-        cause = f"{name} download failed ({err})" if download else f"{name} files not found"
-        raise _not_found(expected, directory / cls.__name__ / "raw", cause) from err
-    x, y = _images_chw(train.data.numpy()), train.targets.numpy()
+        if packed.is_file():  # the offline fallback: the widely used single-file layout
+            arrays = _read_packed(packed)
+        else:
+            expected = ", ".join(os.path.splitext(file)[0] for file, _ in cls.resources)
+            cause = f"{name} download failed ({err})" if download else f"{name} files not found"
+            raise _not_found(f"{expected} (or {packed.name})", directory / cls.__name__ / "raw",
+                             cause) from err
+    else:
+        arrays = (train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy())
+    x_train, y_train, x_test, y_test = arrays
+    x, y = _images_chw(x_train), np.asarray(y_train)
     fit, val = _stratified_split(np.arange(len(y)), y, fraction=0.1, seed=seed)
     splits = {
         "train": (x[fit], y[fit]),
         "val": (x[val], y[val]),
-        "test": (_images_chw(test.data.numpy()), test.targets.numpy()),
+        "test": (_images_chw(x_test), np.asarray(y_test)),
     }
     return _from_arrays(name, "multi-class", tuple(cls.classes), splits)
+
+
+def _read_packed(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``x_train, y_train, x_test, y_test`` from an ``mnist.npz``-style file (uint8 images N x 28 x 28)."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data.files]
+        if missing:
+            raise DatasetNotFoundError(f"{path} lacks the arrays {missing} (expected mnist.npz's layout)")
+        arrays = tuple(np.asarray(data[k]) for k in ("x_train", "y_train", "x_test", "y_test"))
+    for images, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "test")):
+        if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != (len(images),):
+            raise DatasetNotFoundError(
+                f"{path}: {split} images must be uint8 N x H x W with N labels, got "
+                f"{images.dtype} {images.shape} and labels {labels.shape}")
+    return arrays
