@@ -111,3 +111,72 @@ def test_importing_the_package_then_crypten_works_on_this_torch():
     """)
     assert out["light"] and out["mpc"]
     assert "onnx-registration-alias" in out["patches"]
+
+
+def _import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package modules it imports (anywhere in it, including ``if TYPE_CHECKING:``
+    blocks and function bodies: a cycle there is still two modules that need each other)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        name = ".".join((package.name, *path.relative_to(package).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        graph[name] = {target for target, _ in _imports(path, name if path.name != "__init__.py"
+                                                        else name + ".__init__")}
+    for name in graph:  # "from .x import y": drop the package itself when it is the importer's own parent
+        graph[name] = {t for t in graph[name] if t != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_inside_the_package():
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_check_would_catch_a_cycle(tmp_path):
+    # Positive control: two modules of a scratch package that import each other, one only for typing.
+    package = tmp_path / "pricure_crypten_probe"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from .a import A\n")
+    (package / "sub" / "a.py").write_text("from .b import B\nclass A: ...\n")
+    (package / "sub" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\nclass B: ...\n")
+    graph = _import_graph(package)
+    assert graph["pricure_crypten_probe.sub.a"] == {"pricure_crypten_probe.sub.b"}
+    assert _cycles(graph) == [["pricure_crypten_probe.sub.a", "pricure_crypten_probe.sub.b"]]

@@ -18,8 +18,10 @@ Protocol (the order is what makes a crash over-count, never under-count)::
 
 A process killed at any point leaves either nothing (before the reservation
 commits: nothing was computed) or a 'reserved'/'answered' row that keeps
-counting after a restart. Only :meth:`PrivacyLedger.reset`, an explicit and
-audited administrator action, gives budget back.
+counting after a restart. Only two audited operations give budget back:
+:meth:`PrivacyLedger.reset` (an administrator gives a client everything
+back) and :meth:`PrivacyLedger.void_stale_reservations` (the reservations of
+processes that no longer run, whose results were therefore never released).
 
 Concurrency: every write is a ``BEGIN IMMEDIATE`` transaction, so processes
 sharing the file serialise their writes. The (possibly slow, e.g. PLD)
@@ -35,7 +37,7 @@ working tree.
 This module is the budget policy: it groups a client's spends, composes them
 with the accountant, decides whether a request fits and runs the protocol
 above. The SQLite file itself -- schema, validation, locking, transactions and
-the rows -- is :class:`~pricure_crypten.accounting.store.LedgerStore`.
+the rows -- is :class:`~pricure_crypten.privacy.accounting.store.LedgerStore`.
 """
 
 from __future__ import annotations
@@ -288,7 +290,18 @@ class PrivacyLedger:
         projected = self._evaluate(self._merge(groups, cost, queries))
         return projected[0], projected[1]
 
-    def _reserve(self, client_id: str, cost: ReleaseCost, queries: int) -> int:
+    # ------------------------------------------------ the reservations interface
+    # Public so that :class:`Spend` needs no private access; callers use :meth:`spend`.
+    def reserve(self, client_id: str, cost: ReleaseCost, queries: int) -> int:
+        """Check ``queries`` releases of ``cost`` against the budget and commit a reservation.
+
+        Returns its id; from now on it counts as spent. Raises
+        :class:`BudgetExceededError` (nothing reserved, the refusal counted) if it does not fit.
+        """
+        client_id = _check_client_id(client_id)
+        queries = _check_queries(queries)
+        if not isinstance(cost, ReleaseCost):
+            raise TypeError(f"cost must be a ReleaseCost, not {type(cost).__name__}")
         self._store.require_writable("spend budget")
         for attempt in range(_OPTIMISTIC_ATTEMPTS + 1):
             last = attempt == _OPTIMISTIC_ATTEMPTS
@@ -311,14 +324,20 @@ class PrivacyLedger:
             return row_id
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _confirm(self, row_id: int) -> None:
+    def confirm(self, reservation_id: int) -> None:
+        """Mark the reservation answered. Raises :class:`LedgerError` if it is not reserved
+        (voided by :meth:`reset` or :meth:`void_stale_reservations`): then nothing may be released."""
+        row_id = check_int(reservation_id, name="reservation_id", minimum=1)
         with self._store.transaction("confirm a spend") as conn:
             if not self._store.mark_answered(conn, row_id):
                 status = self._store.spend_status(conn, row_id)
-                raise self._store.error(f"reservation {row_id} is {status!r} (voided by an administrator reset?); "
-                                        "the result must NOT be released")
+                raise self._store.error(f"reservation {row_id} is {status!r} (voided by an audited reset or "
+                                        "void of stale reservations?); the result must NOT be released")
 
-    def _rollback(self, row_id: int) -> None:
+    def rollback(self, reservation_id: int) -> None:
+        """Delete the reservation if it is still only reserved. Only if nothing derived from it was
+        or will be released."""
+        row_id = check_int(reservation_id, name="reservation_id", minimum=1)
         with self._store.transaction("roll back a reservation") as conn:
             self._store.delete_reservation(conn, row_id)
 
@@ -391,3 +410,50 @@ class PrivacyLedger:
             before.answered_queries, before.reserved_queries, audit_id, self.path,
         )
         return before
+
+    def void_stale_reservations(self, *, admin: str, reason: str) -> int:
+        """Void the reservations of processes that no longer run. Audited, like :meth:`reset`.
+
+        A reservation is stale when the process that made it (its recorded
+        pid) is not this one and no longer exists on this machine (a process
+        killed between reserve and confirm). Its result was never released if
+        the caller releases results only after confirm, as :class:`Spend`
+        requires; call this only where that holds (e.g. a server restarting
+        on its own ledger). Reservations of live processes (and of a reused
+        pid: over-counted, never under-counted) and answered spends are left
+        alone. Per client, the stale rows become ``'reset'`` (voided, not
+        deleted) and one audit entry records who, why, which rows, queries and
+        pids; a WARNING goes to ``logging``. Returns the number voided.
+        """
+        admin = _check_text("admin", admin)
+        reason = _check_text("reason", reason)
+        self._store.require_writable("void stale reservations")
+        voided = 0
+        with self._store.transaction("void stale reservations") as conn:
+            stale: dict[str, list[tuple[int, int, int]]] = {}
+            for row_id, client_id, queries, pid in self._store.reservations(conn):
+                if pid is not None and pid != os.getpid() and not _process_alive(pid):
+                    stale.setdefault(client_id, []).append((row_id, queries, pid))
+            for client_id, rows in stale.items():
+                details = {"reservations": [r[0] for r in rows], "queries": sum(r[1] for r in rows),
+                           "pids": sorted({r[2] for r in rows}), "pid": os.getpid()}
+                audit_id = self._store.record_void(conn, client_id, [r[0] for r in rows], admin=admin,
+                                                   reason=reason, details=details)
+                voided += len(rows)
+                logger.warning("voided %d stale reservations (%d queries) of client %r by %r (reason: %s); "
+                               "audit id %s in %s", len(rows), details["queries"], client_id, admin, reason,
+                               audit_id, self.path)
+        return voided
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (unknown: True, so nothing is voided)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists
+        return True
+    return True

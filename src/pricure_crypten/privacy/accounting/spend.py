@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 from .base import ReleaseCost
 from .errors import LedgerError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .ledger import PrivacyLedger
-
 logger = logging.getLogger("pricure_crypten.privacy.accounting.ledger")
+
+
+class Reservations(Protocol):
+    """The ledger's public reservations interface, which :class:`Spend` drives
+    (implemented by :class:`~pricure_crypten.privacy.accounting.ledger.PrivacyLedger`)."""
+
+    def reserve(self, client_id: str, cost: ReleaseCost, queries: int) -> int: ...
+
+    def confirm(self, reservation_id: int) -> None: ...
+
+    def rollback(self, reservation_id: int) -> None: ...
 
 
 class Spend:
     """One admitted request: a reservation that becomes an answered spend.
 
     Created by :meth:`PrivacyLedger.spend`; use it as a context manager (the
-    protocol is described in :mod:`pricure_crypten.accounting.ledger`). ``state`` is one of ``"new"``,
+    protocol is described in :mod:`pricure_crypten.privacy.accounting.ledger`). ``state`` is one of ``"new"``,
     ``"reserved"``, ``"answered"``, ``"rolled_back"``, ``"cancelled"`` or
     ``"abandoned"`` (left the ``with`` block without confirm: kept as spent).
     """
 
-    def __init__(self, ledger: "PrivacyLedger", client_id: str, cost: ReleaseCost, queries: int) -> None:
+    def __init__(self, ledger: Reservations, client_id: str, cost: ReleaseCost, queries: int) -> None:
         self._ledger = ledger
         self.client_id = client_id
         self.cost = cost
@@ -39,7 +47,7 @@ class Spend:
     def __enter__(self) -> "Spend":
         if self.state != "new":
             raise LedgerError(f"this spend was already used (state {self.state}); call ledger.spend() again")
-        self.row_id = self._ledger._reserve(self.client_id, self.cost, self.queries)
+        self.row_id = self._ledger.reserve(self.client_id, self.cost, self.queries)
         self.state = "reserved"
         return self
 
@@ -49,14 +57,14 @@ class Spend:
             return
         if self.state != "reserved":
             raise LedgerError(f"cannot confirm a spend that is {self.state}")
-        self._ledger._confirm(self.row_id)
+        self._ledger.confirm(self.row_id)
         self.state = "answered"
 
     def cancel(self) -> None:
         """Give the reservation back. Only if NOTHING derived from this query was or will be released."""
         if self.state != "reserved":
             raise LedgerError(f"cannot cancel a spend that is {self.state} (an answered spend stays charged)")
-        self._ledger._rollback(self.row_id)
+        self._ledger.rollback(self.row_id)
         self.state = "cancelled"
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -64,7 +72,7 @@ class Spend:
             return False
         if exc_type is not None:
             try:
-                self._ledger._rollback(self.row_id)
+                self._ledger.rollback(self.row_id)
                 self.state = "rolled_back"
             except Exception:  # the reservation stays counted: over-count, never under-count
                 logger.exception("could not roll back reservation %s of client %r; it stays counted",

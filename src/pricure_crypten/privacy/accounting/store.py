@@ -1,7 +1,7 @@
 """The privacy ledger's SQLite file: location, schema, validation, transactions, rows.
 
 :class:`LedgerStore` owns the file behind a
-:class:`~pricure_crypten.accounting.ledger.PrivacyLedger`. It finds the file,
+:class:`~pricure_crypten.privacy.accounting.ledger.PrivacyLedger`. It finds the file,
 creates the schema in a new one, and refuses an existing file that is
 corrupted, foreign or of another schema version (:class:`LedgerError`, the
 file left untouched, never reset). It checks that the file is writable
@@ -482,4 +482,28 @@ class LedgerStore:
         )
         conn.execute("UPDATE clients SET refused_queries = 0, refused_requests = 0 WHERE client_id = ?",
                      (client_id,))
+        return int(audit_id)
+
+    @staticmethod
+    def reservations(conn: sqlite3.Connection) -> list[tuple[int, str, int, Optional[int]]]:
+        """Every spend still only reserved: (id, client_id, queries, pid), oldest first."""
+        return [(int(r[0]), r[1], int(r[2]), r[3]) for r in conn.execute(
+            "SELECT id, client_id, queries, pid FROM spends WHERE status = 'reserved' ORDER BY id")]
+
+    @staticmethod
+    def record_void(
+        conn: sqlite3.Connection, client_id: str, row_ids: list[int], *, admin: str, reason: str,
+        details: Mapping[str, Any],
+    ) -> int:
+        """Audit the voiding of the client's reservations ``row_ids`` and void them (status 'reset',
+        rows kept); returns the audit id."""
+        audit_id = conn.execute(
+            "INSERT INTO audit (at, action, client_id, admin, reason, details) "
+            "VALUES (?, 'void_stale_reservations', ?, ?, ?, ?)",
+            (_now(), client_id, admin, reason, json.dumps(dict(details), default=str)),
+        ).lastrowid
+        conn.executemany(
+            "UPDATE spends SET status = 'reset', reset_id = ? WHERE id = ? AND client_id = ? AND status = 'reserved'",
+            [(audit_id, row_id, client_id) for row_id in row_ids],
+        )
         return int(audit_id)
