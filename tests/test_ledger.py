@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from pricure_crypten.privacy.accounting import (
     default_ledger_path,
 )
 from pricure_crypten.privacy.accounting import ledger as ledger_module
+from pricure_crypten.privacy.accounting.base import ReleaseCost
 from pricure_crypten.privacy.accounting.cli import budget_main
 from pricure_crypten.privacy.noise import calibrate
 
@@ -269,6 +271,112 @@ def test_sigkill_between_reserve_and_confirm_keeps_the_reservation(path):
         with pytest.raises(BudgetExceededError):  # would fit only if the crashed reservation were forgotten
             answer(ledger, "bob", queries=3)
         answer(ledger, "bob", queries=2)
+
+
+
+def _killed_reservation(path: Path, *, reap: bool = True) -> subprocess.Popen:
+    """A child that reserved 3 queries of bob and was SIGKILLed before confirm (reaped unless told)."""
+    proc = _spawn(_HANG_CHILD, str(path))
+    try:
+        _wait_for(proc, "reserved")
+        os.kill(proc.pid, signal.SIGKILL)
+        if reap:
+            proc.communicate(timeout=CHILD_TIMEOUT)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_void_stale_reservations_voids_a_killed_process_reservation_audited(path, caplog):
+    """The crash between reserve and confirm: counted as before until the audited void gives it back."""
+    PrivacyLedger(path, total_epsilon=5.0, accountant="basic").close()
+    proc = _killed_reservation(path)
+    with PrivacyLedger(path, total_epsilon=5.0, accountant="basic") as ledger:
+        answer(ledger, "alice", queries=2)  # answered: never voided
+        assert ledger.status("bob").reserved_queries == 3  # still counted: over-count, as before
+        with pytest.raises(TypeError):
+            ledger.void_stale_reservations()  # keyword-only admin and reason are required
+        with pytest.raises(ValueError, match="admin"):
+            ledger.void_stale_reservations(admin=" ", reason="restart")
+        with caplog.at_level(logging.WARNING, logger="pricure_crypten.privacy.accounting.ledger"):
+            assert ledger.void_stale_reservations(admin="server 0", reason="restart") == 1
+        assert "voided 1 stale reservations (3 queries) of client 'bob' by 'server 0'" in caplog.text
+        bob, alice = ledger.status("bob"), ledger.status("alice")
+        assert (bob.reserved_queries, bob.spent_epsilon) == (0, 0.0)
+        assert (alice.answered_queries, alice.spent_epsilon) == (2, 2.0)
+        (entry,) = ledger.audit_log()
+        assert (entry.action, entry.client_id, entry.admin, entry.reason) == (
+            "void_stale_reservations", "bob", "server 0", "restart")
+        assert entry.details["queries"] == 3 and entry.details["pids"] == [proc.pid]
+        assert ledger.void_stale_reservations(admin="server 0", reason="again") == 0  # idempotent
+        assert len(ledger.audit_log()) == 1
+    assert budget_main(["--ledger", str(path), "void-stale", "--admin", "ops", "--reason", "cli"]) == 0
+    assert budget_main(["--ledger", str(path), "void-stale", "--admin", "ops"]) == 2  # --reason required
+    # voided, not deleted; linked to its audit entry
+    assert rows(path, "SELECT client_id, status, reset_id FROM spends ORDER BY id") == [
+        ("bob", "reset", 1), ("alice", "answered", None)]
+
+
+def test_void_stale_reservations_keeps_live_reservations(path):
+    """A reservation of a live process (another one, or this one in flight) is not stale."""
+    PrivacyLedger(path, total_epsilon=10.0, accountant="basic").close()
+    proc = _spawn(_HANG_CHILD, str(path))
+    try:
+        _wait_for(proc, "reserved")
+        with PrivacyLedger(path, total_epsilon=10.0, accountant="basic") as ledger:
+            with ledger.spend("carol", LAPLACE_1, queries=1) as spend:  # this process, in flight
+                assert ledger.void_stale_reservations(admin="ops", reason="check") == 0
+                spend.confirm()  # still reserved, so it confirms
+            assert ledger.status("bob").reserved_queries == 3
+            assert ledger.audit_log() == []
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=CHILD_TIMEOUT)
+            assert ledger.void_stale_reservations(admin="ops", reason="check") == 1
+            assert ledger.status("carol").answered_queries == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_void_stale_reservations_treats_a_zombie_and_a_reused_pid_as_stopped(path):
+    PrivacyLedger(path, total_epsilon=10.0, accountant="basic").close()
+    proc = _killed_reservation(path, reap=False)  # killed, not yet waited for: a zombie
+    try:
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with PrivacyLedger(path, total_epsilon=10.0, accountant="basic") as ledger:
+            assert ledger.void_stale_reservations(admin="ops", reason="zombie") == 1
+            # a reservation recorded under THIS pid an hour ago: an earlier process that had the same pid
+            row = ledger.reserve("dave", ReleaseCost.of(LAPLACE_1), 1)
+            conn = sqlite3.connect(path)
+            conn.execute("UPDATE spends SET reserved_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", (row,))
+            conn.commit()
+            conn.close()
+            assert ledger.void_stale_reservations(admin="ops", reason="restart with the same pid") == 1
+            with pytest.raises(LedgerError, match="must NOT be released"):
+                ledger.confirm(row)  # voided: its result may not be released
+    finally:
+        proc.wait()
+
+
+def test_the_ledger_reservations_interface_is_public_and_validated(path):
+    with PrivacyLedger(path, total_epsilon=3.0, accountant="basic") as ledger:
+        row = ledger.reserve("erin", ReleaseCost.of(LAPLACE_1), 2)
+        assert ledger.status("erin").reserved_queries == 2
+        ledger.confirm(row)
+        ledger.rollback(ledger.reserve("erin", ReleaseCost.of(LAPLACE_1), 1))
+        assert (ledger.status("erin").answered_queries, ledger.status("erin").reserved_queries) == (2, 0)
+        with pytest.raises(TypeError, match="ReleaseCost"):
+            ledger.reserve("erin", LAPLACE_1, 1)
+        with pytest.raises(ValueError, match="reservation_id"):
+            ledger.confirm(0)
+        with pytest.raises(BudgetExceededError):
+            ledger.reserve("erin", ReleaseCost.of(LAPLACE_1), 2)
 
 
 # --------------------------------------------------------------- concurrency

@@ -238,9 +238,10 @@ class Node:
 
         ledger = PrivacyLedger(path, total_epsilon=self.config.budget_epsilon, total_delta=self.config.budget_delta)
         # A reservation left by a killed process belongs to a request whose label share this server never
-        # released (shares go out only after confirm): give it back. This server alone writes this ledger.
-        with ledger._store.transaction("void reservations of a stopped process") as conn:
-            voided = conn.execute("DELETE FROM spends WHERE status = 'reserved'").rowcount
+        # released (shares go out only after confirm): give it back, through the ledger's audited operation.
+        voided = ledger.void_stale_reservations(
+            admin=f"pricure server rank {self.config.rank} (startup)",
+            reason="reservations of a stopped server process; its label shares are released only after confirm")
         if voided:
             logger.warning("voided %d reservations left by the previous process (never released)", voided)
         return ledger

@@ -5,6 +5,7 @@
     pricure budget [--ledger PATH] [--total-epsilon E] [--total-delta D] [--accountant NAME] show CLIENT [--json]
     pricure budget [...] list [--json]
     pricure budget [...] reset CLIENT --admin NAME --reason TEXT
+    pricure budget [...] void-stale --admin NAME --reason TEXT
 
 The ledger stores spends, not the budget: ``--total-epsilon``,
 ``--total-delta`` and ``--accountant`` default to the policy the ledger was
@@ -58,7 +59,7 @@ def _build_parser() -> _Parser:
                         help="composition accountant (default: the ledger's last policy, else auto)")
     parser = _Parser(prog=PROG, parents=[common],
                      description="Show, list and reset clients' differential-privacy budgets.")
-    sub = parser.add_subparsers(dest="command", metavar="{show,list,reset}")
+    sub = parser.add_subparsers(dest="command", metavar="{show,list,reset,void-stale}")
     sub.required = True
     show = sub.add_parser("show", parents=[common], help="a client's spent and remaining budget")
     show.add_argument("client")
@@ -69,6 +70,10 @@ def _build_parser() -> _Parser:
     reset.add_argument("client")
     reset.add_argument("--admin", required=True, help="who authorises the reset (recorded)")
     reset.add_argument("--reason", required=True, help="why (recorded)")
+    void = sub.add_parser("void-stale", parents=[common],
+                          help="void reservations of processes that no longer run (audited)")
+    void.add_argument("--admin", required=True, help="who authorises it (recorded)")
+    void.add_argument("--reason", required=True, help="why (recorded)")
     return parser
 
 
@@ -145,6 +150,10 @@ def budget_main(argv: Optional[Sequence[str]] = None) -> int:
                 for s in statuses:
                     print(f"{s.client_id:<24} {_fmt(s.spent_epsilon):>10} {_fmt(s.remaining_epsilon):>10} "
                           f"{s.answered_queries:>9} {s.reserved_queries:>9} {s.refused_queries:>8}")
+        elif args.command == "void-stale":
+            with _open(args, read_only=False) as ledger:
+                voided = ledger.void_stale_reservations(admin=args.admin, reason=args.reason)
+            print(f"voided {voided} stale reservations; recorded in the audit table")
         else:
             with _open(args, read_only=False) as ledger:
                 before = ledger.reset(args.client, admin=args.admin, reason=args.reason)

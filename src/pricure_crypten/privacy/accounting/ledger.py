@@ -48,6 +48,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -415,39 +416,50 @@ class PrivacyLedger:
         """Void the reservations of processes that no longer run. Audited, like :meth:`reset`.
 
         A reservation is stale when the process that made it (its recorded
-        pid) is not this one and no longer exists on this machine (a process
-        killed between reserve and confirm). Its result was never released if
-        the caller releases results only after confirm, as :class:`Spend`
-        requires; call this only where that holds (e.g. a server restarting
-        on its own ledger). Reservations of live processes (and of a reused
-        pid: over-counted, never under-counted) and answered spends are left
-        alone. Per client, the stale rows become ``'reset'`` (voided, not
-        deleted) and one audit entry records who, why, which rows, queries and
+        pid) no longer runs on this machine (killed between reserve and
+        confirm): no such pid, a zombie, or a pid reused by a process that
+        started after the reservation (:func:`_reserver_running`). Its result
+        was never released if the caller releases results only after confirm,
+        as :class:`Spend` requires; call this only where that holds (e.g. a
+        server restarting on its own ledger). Reservations of live processes,
+        of processes whose state cannot be read (over-counted, never
+        under-counted) and answered spends are left alone. Per client, the
+        stale rows become ``'reset'`` (voided, not deleted) and one audit entry
+        ``'void_stale_reservations'`` records who, why, which rows, queries and
         pids; a WARNING goes to ``logging``. Returns the number voided.
         """
         admin = _check_text("admin", admin)
         reason = _check_text("reason", reason)
         self._store.require_writable("void stale reservations")
-        voided = 0
+        voided: list[tuple[str, int, int, int]] = []  # (client, rows, queries, audit id)
         with self._store.transaction("void stale reservations") as conn:
             stale: dict[str, list[tuple[int, int, int]]] = {}
-            for row_id, client_id, queries, pid in self._store.reservations(conn):
-                if pid is not None and pid != os.getpid() and not _process_alive(pid):
+            for row_id, client_id, queries, pid, reserved_at in self._store.reservations(conn):
+                if pid is not None and not _reserver_running(pid, reserved_at):
                     stale.setdefault(client_id, []).append((row_id, queries, pid))
             for client_id, rows in stale.items():
                 details = {"reservations": [r[0] for r in rows], "queries": sum(r[1] for r in rows),
                            "pids": sorted({r[2] for r in rows}), "pid": os.getpid()}
                 audit_id = self._store.record_void(conn, client_id, [r[0] for r in rows], admin=admin,
                                                    reason=reason, details=details)
-                voided += len(rows)
-                logger.warning("voided %d stale reservations (%d queries) of client %r by %r (reason: %s); "
-                               "audit id %s in %s", len(rows), details["queries"], client_id, admin, reason,
-                               audit_id, self.path)
-        return voided
+                voided.append((client_id, len(rows), details["queries"], audit_id))
+        for client_id, count, queries, audit_id in voided:  # after the commit
+            logger.warning("voided %d stale reservations (%d queries) of client %r by %r (reason: %s); "
+                           "audit id %s in %s", count, queries, client_id, admin, reason, audit_id, self.path)
+        return sum(v[1] for v in voided)
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (unknown: True, so nothing is voided)."""
+_PID_REUSE_MARGIN = 2.0  # seconds; a start-time reading is only this precise (/proc/stat btime)
+
+
+def _reserver_running(pid: int, reserved_at: str) -> bool:
+    """Whether the process that made a reservation at ``reserved_at`` may still run as ``pid``.
+
+    False only when that is certain: no such process, a zombie, or (Linux) a
+    process that started more than a couple of seconds after the reservation
+    (the pid was reused, e.g. by this very process after a restart). Anything
+    unknown answers True, so the reservation stays counted.
+    """
     if os.name != "posix":
         return True
     try:
@@ -455,5 +467,16 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # e.g. PermissionError: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] in ("Z", "X"):  # exited, not yet reaped: it can release nothing any more
+            return False
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        reserved = datetime.fromisoformat(reserved_at).timestamp()
+    except (OSError, ValueError, IndexError, StopIteration):
         return True
-    return True
+    return started <= reserved + _PID_REUSE_MARGIN

@@ -485,10 +485,10 @@ class LedgerStore:
         return int(audit_id)
 
     @staticmethod
-    def reservations(conn: sqlite3.Connection) -> list[tuple[int, str, int, Optional[int]]]:
-        """Every spend still only reserved: (id, client_id, queries, pid), oldest first."""
-        return [(int(r[0]), r[1], int(r[2]), r[3]) for r in conn.execute(
-            "SELECT id, client_id, queries, pid FROM spends WHERE status = 'reserved' ORDER BY id")]
+    def reservations(conn: sqlite3.Connection) -> list[tuple[int, str, int, Optional[int], str]]:
+        """Every spend still only reserved: (id, client_id, queries, pid, reserved_at), oldest first."""
+        return [(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in conn.execute(
+            "SELECT id, client_id, queries, pid, reserved_at FROM spends WHERE status = 'reserved' ORDER BY id")]
 
     @staticmethod
     def record_void(
