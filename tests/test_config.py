@@ -155,6 +155,10 @@ CLI_CASES = [
     (["demo", "--mechanism", "gaussian", "--delta", "0"], "needs delta > 0"),
     (["demo", "--mechanism", "laplace", "--delta", "0.1"], "delta must be 0"),
     (["demo", "--aggregation", "mean"], "invalid choice"),
+    *[(["serve", "--rank", "0", "--servers", "2", "--rendezvous", "tcp://127.0.0.1:1", "--listen", "127.0.0.1:1",
+        "--data-dir", "d", "--cert", "c", "--key", "k", "--max-upload-mb", size], fragment)
+      for size, fragment in (("lots", "--max-upload-mb must be a size in MiB"),
+                             ("0", "--max-upload-mb must be a finite size"), ("inf", "must be a finite size"))],
 ]
 
 

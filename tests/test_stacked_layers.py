@@ -47,9 +47,8 @@ def _evaluate(rank, cases, network):
 
     from pricure_crypten.mpc._crypten import MPCTensor
     from pricure_crypten.mpc.baseline import SequentialOwners
-    from pricure_crypten.mpc.inference import StackedNetwork
     from pricure_crypten.mpc.sharing import FRACTIONAL_BITS
-    from pricure_crypten.mpc.stacked import stacked_module
+    from pricure_crypten.mpc.stacked import StackedNetwork, stacked_module
 
     def load(shares):
         return MPCTensor.from_shares(torch.from_numpy(shares[rank]), precision=FRACTIONAL_BITS)

@@ -144,6 +144,19 @@ def _seconds(flag: str):
     return parse
 
 
+def _megabytes(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a size in MiB (e.g. 64 or 0.5), got {text!r}") from None
+        if not (0 < value < float("inf") and value * 1024 * 1024 >= 1):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite size of at least one byte, got {text!r}")
+        return value
+
+    return parse
+
+
 def _server_list(text: str) -> list[str]:
     servers = [s.strip() for s in text.split(",") if s.strip()]
     if len(servers) < 2:
@@ -181,7 +194,8 @@ def _deployment_main(command: str, argv: list[str]) -> int:
                             help="drop a request whose shares have not reached every server by then")
         parser.add_argument("--max-batch", type=_at_least(1, "--max-batch"), default=256,
                             help="rows per MPC batch (requests are packed)")
-        parser.add_argument("--max-upload-mb", type=_seconds("--max-upload-mb"), default=64.0)
+        parser.add_argument("--max-upload-mb", type=_megabytes("--max-upload-mb"), default=64.0,
+                            help="largest model bundle an owner may upload, in MiB")
         parser.add_argument("--threads", type=_at_least(1, "--threads"), default=1)
         args = parser.parse_args(argv)
         if args.rank >= args.servers:

@@ -102,7 +102,7 @@ def train_owner(
     """Train ``model`` in place on one owner's shard ``(x, y)``.
 
     Args:
-        model: an untrained model (e.g. from :func:`~pricure_crypten.models.build_model`).
+        model: an untrained model (e.g. from :func:`~pricure_crypten.experiments.models.build_model`).
         x, y: the owner's inputs (float32) and labels (int64, shape ``(N,)``, N >= 2).
         num_classes: number of classes of the task.
         epochs: maximum number of passes over the training part of the shard.
@@ -184,9 +184,9 @@ def train_owners(
 
     Args:
         dataset: the dataset whose training split was partitioned.
-        parts: one index array per owner (see :func:`~pricure_crypten.partition.partition`).
+        parts: one index array per owner (see :func:`~pricure_crypten.experiments.partition.partition`).
         arch: architecture of every owner's model (default:
-            :func:`~pricure_crypten.models.default_architecture`).
+            :func:`~pricure_crypten.experiments.models.default_architecture`).
         seed: non-negative; each owner's initial weights and training are
             seeded from ``(seed, owner index)``.
         quiet: no progress bars.

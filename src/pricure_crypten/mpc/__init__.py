@@ -4,7 +4,7 @@
   shares (no CrypTen needed);
 * :mod:`.layers`: ``torch.nn`` -> layer specs (the supported set);
 * :mod:`.stacked` (K owners' layers as stacked ``crypten.nn`` modules with
-  registered parameters; :mod:`.inference` re-exports its network) and
+  registered parameters, and :class:`~.stacked.StackedNetwork`) and
   :mod:`.baseline` (the same modules, one network per owner, evaluated one
   after the other), :mod:`.aggregation` (clamp, histogram, noise, argmax in
   batched comparison passes): CrypTen modules;

@@ -4,7 +4,7 @@ Runs in the model owner's process, on the owner's plaintext model; nothing
 here is sent anywhere. The result is a tuple of :class:`LayerSpec`: the
 layer kind and hyper-parameters (public: they define the architecture) and the
 parameters as float64 arrays (private: the owner secret-shares them, see
-:mod:`pricure_crypten.owners`).
+:mod:`pricure_crypten.parties.owner`).
 
 Supported layers: Linear, Conv2d, ReLU, :class:`Square` (the MPC-friendly
 polynomial activation x**2: one Beaver square, no comparison), AvgPool2d, MaxPool2d, Flatten,

@@ -2,7 +2,7 @@
 
 Who sees what: a :class:`ModelOwner` lives in the owner's own process with
 its plaintext model. :meth:`ModelOwner.share` converts the model
-(:func:`pricure_crypten.layers.convert`), encodes every parameter in fixed
+(:func:`pricure_crypten.mpc.layers.convert`), encodes every parameter in fixed
 point and splits it into N additive shares with a CSPRNG; bundle ``i`` goes
 to server ``i`` only. A bundle holds the public architecture (layer kinds,
 hyper-parameters, shapes) and one uniformly random share of each parameter.

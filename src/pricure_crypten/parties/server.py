@@ -107,8 +107,8 @@ class ServerState:
         """Stack this server's shares of the owners' models; build the aggregation layer."""
         from ..mpc.aggregation import EncryptedAggregation
         from ..mpc.baseline import SequentialOwners
-        from ..mpc.inference import StackedNetwork
         from ..mpc.randomness import SecureRandom
+        from ..mpc.stacked import StackedNetwork
         from .owner import group_by_architecture, stack_shares
 
         bundles = payload["bundles"]

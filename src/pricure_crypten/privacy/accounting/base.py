@@ -1,7 +1,7 @@
 """The interface every privacy accountant implements, and the cost of one release.
 
 Who sees what: accountants run wherever queries are admitted (the party that
-keeps the :class:`~pricure_crypten.accounting.ledger.PrivacyLedger`). They see
+keeps the :class:`~pricure_crypten.privacy.accounting.ledger.PrivacyLedger`). They see
 only *which* calibrated mechanism was released *how many times* -- never a
 query, a vote, a histogram or a label. The client sees none of this except
 the outcome (answered, or refused with its own spent budget).
@@ -41,7 +41,7 @@ EVENT_KINDS = ("laplace", "gaussian", "nonprivate", "unsupported")
 class MechanismLike(Protocol):
     """What accountants need of a mechanism: its per-release (epsilon, delta) and DP event.
 
-    :class:`~pricure_crypten.noise.LaplaceNoise`, ``GaussianNoise`` and
+    :class:`~pricure_crypten.privacy.noise.LaplaceNoise`, ``GaussianNoise`` and
     ``NoNoise`` all qualify; so does a :class:`ReleaseCost`.
     """
 
@@ -109,7 +109,7 @@ class ReleaseCost:
         if not (hasattr(mechanism, "epsilon") and hasattr(mechanism, "delta")):
             raise TypeError(
                 f"expected a noise mechanism with .epsilon, .delta and .dp_event() "
-                f"(e.g. from pricure_crypten.noise.calibrate), got {type(mechanism).__name__}"
+                f"(e.g. from pricure_crypten.privacy.noise.calibrate), got {type(mechanism).__name__}"
             )
         name = getattr(mechanism, "name", None) or type(mechanism).__name__
         epsilon = check_epsilon(mechanism.epsilon)
