@@ -382,3 +382,43 @@ def party_relu_argmax() -> list:
 
     z = torch.tensor([[1.0, -2.0, 3.5], [-1.0, 5.0, 0.5]])
     return crypten.cryptensor(z).relu().argmax(dim=1, one_hot=False).get_plain_text().long().tolist()
+
+
+@pytest.mark.mpc
+def test_crypten_load_of_a_model_from_a_user_class_needs_that_class_registered():
+    """What the allow-list does NOT accept by itself: from_pytorch keeps a copy of the PyTorch model, so
+    a saved module names the user's own class; CrypTen's register_safe_class admits it."""
+    out = run_fresh_python(
+        """
+        import io, json, torch
+        import pricure_crypten
+        import crypten
+        crypten.init()
+
+        class MyNet(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(3, 2)
+
+            def forward(self, x):
+                return self.fc(x).relu()
+
+        x = torch.randn(4, 3)
+        model = crypten.nn.from_pytorch(MyNet(), x).encrypt()
+        buffer = io.BytesIO()
+        crypten.save(model, buffer)
+        buffer.seek(0)
+        try:
+            crypten.load(buffer)
+            refused = ""
+        except Exception as exc:
+            refused = str(exc)
+        crypten.common.serial.register_safe_class(MyNet)
+        buffer.seek(0)
+        loaded = crypten.load(buffer)
+        err = (loaded(crypten.cryptensor(x)).get_plain_text() - model(crypten.cryptensor(x)).get_plain_text())
+        print(json.dumps({"refused": refused, "err": err.abs().max().item()}))
+        """
+    )
+    assert "MyNet" in out["refused"] and "weights_only" in out["refused"].lower().replace(" ", "_")
+    assert out["err"] < 1e-3

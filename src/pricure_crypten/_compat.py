@@ -47,22 +47,25 @@ scoped and idempotent, and does nothing on a torch that does not need it:
    ``forkserver`` method unpickles its target before it runs any of our code,
    and a target that lives in crypten (``crypten.mpc.run_multiprocess``'s
    launcher, CrypTen's test harness) imports crypten first. We put a small
-   marker in ``multiprocessing.current_process()._config``, which every child
-   inherits and unpickles before its target; unpickling it imports
-   :mod:`pricure_crypten`, which installs the import hook. Forked children
-   inherit the layer anyway.
+   marker in ``multiprocessing.current_process()._config`` (CPython's
+   per-process settings that every child inherits; private, so
+   ``tests/test_compat.py`` checks that it still arrives before the target),
+   which a child unpickles after it has restored the parent's ``sys.path``;
+   unpickling it imports :mod:`pricure_crypten`, which installs the import
+   hook. Only children of a process that imported :mod:`pricure_crypten`
+   get it. Forked children inherit the layer anyway.
 
 :func:`applied_patches` tells which patches are in force in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import contextlib
-import functools
 import inspect
 import multiprocessing
 import sys
