@@ -358,7 +358,7 @@ def flip_rate_test(
         "mpc_flips": a, "simulation_flips": b, "mpc_rate": a / x.size, "simulation_rate": b / y.size,
         "fisher_p": fisher_p,
         "unpaired_detectable": minimum_detectable_difference(b / y.size, x.size, y.size, alpha=alpha, power=power),
-        "paired_z": z, "paired_p": float(2 * stats.norm.sf(abs(z))), "paired_detectable": zsum * sd,
+        "paired_z": float(z), "paired_p": float(2 * stats.norm.sf(abs(z))), "paired_detectable": float(zsum * sd),
     }
 
 
@@ -375,21 +375,28 @@ def compare_flip_rates(
     simulation_seed: str = "flip-rates",
     alpha: float = 0.05,
     power: float = 0.8,
+    labels: np.ndarray | None = None,
 ) -> FlipRateReport:
     """Flip rates of the MPC path (production CSPRNG noise) against the simulation's, same queries.
 
     The simulation (:func:`~pricure_crypten.experiments.reference.release`,
     the one the privacy experiments use) draws its noise from a seeded
     SHAKE-256 stream (reproducible). The noiseless label is the lowest-index
-    argmax of the plaintext vote histogram.
+    argmax of the plaintext vote histogram. ``labels`` (R_mpc, B): MPC labels
+    of an earlier run (skips the MPC run, e.g. to test the test against a
+    simulation of another mechanism).
     """
     owners, queries = _check_owners_and_queries(owners, queries)
     cluster = cluster if cluster is not None else Cluster()
     logits = ensemble_logits([o.model for o in owners], queries)
     counts = histogram(logits, aggregation="vote", logit_bound=logit_bound)
     noiseless = counts.argmax(axis=-1)
-    runs, seconds = mpc_labels(owners, queries, mechanism=mechanism, cluster=cluster, batch_rows=batch_rows,
-                               logit_bound=logit_bound, repeats=mpc_repeats)
+    if labels is None:
+        runs, seconds = mpc_labels(owners, queries, mechanism=mechanism, cluster=cluster, batch_rows=batch_rows,
+                                   logit_bound=logit_bound, repeats=mpc_repeats)
+    else:
+        runs, seconds = np.atleast_2d(np.asarray(labels)), 0.0
+        mpc_repeats = runs.shape[0]
     simulated = np.stack([
         release(counts, mechanism=mechanism, num_servers=cluster.num_servers, colluding=cluster.colluding,
                 seed=f"{simulation_seed}/{r}")
