@@ -152,11 +152,11 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Per query, test-only seeded noise (labels must be equal on every compared query):",
         "",
-        "| queries | compared | agreements | disagreements | excluded near-ties (margin < "
-        f"{q['margin_bound']:g}) | disagreements among excluded | noisy flips among compared |",
-        "|---|---|---|---|---|---|---|",
+        f"| queries | compared | agreements | disagreements | with an owner near a tie (margin < {q['margin_bound']:g}) "
+        "| excluded (label could change) | disagreements among excluded | noisy flips among compared |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {q['queries']} | {q['compared']} | {q['agreements']} | {len(q['disagreements'])} | "
-        f"{q['excluded_near_ties']} | {len(q['excluded_disagreements'])} | {q['flips']} |",
+        f"{q['near_tie_queries']} | {q['excluded_near_ties']} | {len(q['excluded_disagreements'])} | {q['flips']} |",
         "",
         f"Result: {'PASSED' if q['passed'] else 'FAILED'}; MPC seconds {q['mpc_seconds']:.1f}; "
         f"noiseless accuracy {result['noiseless_accuracy']:.3f}, private (MPC) {result['private_accuracy_mpc']:.3f}, "

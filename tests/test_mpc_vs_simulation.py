@@ -169,6 +169,30 @@ def test_robust_votes_match_a_brute_force_reference():
     assert 0 < got.sum() < 300
 
 
+@pytest.mark.parametrize("mechanism", [calibrate(epsilon=0.5), NoNoise(),
+                                       ConfidentGNMax(threshold=8.0, sigma_threshold=2.0, sigma=2.0)],
+                         ids=["laplace", "none", "confident-gnmax"])
+def test_decided_releases_are_sound_against_perturbed_logits(seeded_env, mechanism):
+    """Reference: the seeded simulation on logits perturbed within the bound (30 random draws, fixed seed);
+    wherever a release is called decided, no perturbation changes it. Many owners near a tie (K = 50, small
+    logits), so no query has all votes robust, yet most releases are decided."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(scale=0.3, size=(50, 300, 10))
+    seed, bound = TestOnlyNoiseSeed("intervals"), 0.02
+    decided = conformance.decided_releases(logits, mechanism=mechanism, seed=seed, margin_bound=bound,
+                                           batch_rows=128)
+    assert not robust_votes(logits, margin_bound=bound).any() and 30 <= decided.sum() < 300
+    base = conformance.simulate_seeded(conformance.histogram(logits, aggregation="vote"), mechanism=mechanism,
+                                       seed=seed, batch_rows=128)
+    changed = np.zeros(300, dtype=bool)
+    for _ in range(30):
+        moved = logits + rng.choice([-bound, 0.0, bound], size=logits.shape)
+        changed |= conformance.simulate_seeded(conformance.histogram(moved, aggregation="vote"), mechanism=mechanism,
+                                               seed=seed, batch_rows=128) != base
+    assert changed.any()  # the perturbations do move labels ...
+    assert not (changed & decided).any()  # ... but never a decided one
+
+
 def test_flip_rate_test_has_its_stated_power():
     """Monte Carlo (fixed seed): at a uniform shift of ``paired_detectable`` the paired test rejects at
     alpha = 0.05 in about 80% of 300 replicates (binomial SE 0.023; accepted range 0.68-0.92), and under

@@ -14,7 +14,10 @@ justify that, on real CrypTen server processes:
    lowest index, exactly as the servers do on the ring. The noisy histograms
    are then equal to the bit, so the labels must be EQUAL query by query.
    The one thing the simulation does not reproduce exactly is each owner's
-   logits: the servers evaluate the models in 16-bit fixed point. A query is
+   logits: the servers evaluate the models in 16-bit fixed point. The
+   simulation evaluates them with parameters and queries rounded to that grid
+   (:func:`fixed_point_logits`), which leaves only the servers' truncations
+   (a few units of 2**-16 per layer, :func:`truncation_error_bound`). A query is
    therefore EXCLUDED (and counted) when some owner's vote could change under
    a logit error of ``margin_bound`` (:func:`robust_votes`, an exact interval
    test on the clamped logits) AND that could change the released label
@@ -54,8 +57,8 @@ from .reference import PlaintextReleaseOps, ensemble_logits, histogram, labels_f
 
 DEFAULT_MARGIN_BOUND = 0.02
 """Logit error (absolute, per logit) up to which an owner's vote must be stable for a query to be
-compared. 16-bit fixed point (resolution 1.5e-5) with one truncation per product keeps the logit
-error of the small MLP/CNN owners used here orders of magnitude below it."""
+compared. It must be at least :func:`truncation_error_bound` of the owners (checked); for the small
+MLP/CNN owners used here that bound is about 1e-3 or less."""
 
 
 # -- the per-query check (test-only seeded noise) --
@@ -108,6 +111,76 @@ def simulate_seeded(
                           colluding=colluding)
         labels.append(labels_from_one_hot(mechanism.release(chunk, ops)))
     return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def _grid(values: Any) -> np.ndarray:
+    """Values rounded to the 2**-16 fixed-point grid, as :func:`~pricure_crypten.mpc.sharing.encode` does (exact in float64)."""
+    return np.rint(np.asarray(values, dtype=np.float64) * SCALE) / SCALE
+
+
+def fixed_point_logits(owners: Sequence[ModelOwner], queries: Any) -> np.ndarray:
+    """Every owner's logits (K, B, C) with its parameters and the queries on the 2**-16 grid, as the servers hold them.
+
+    Evaluated exactly (float64) on the owner's converted layers (BatchNorm
+    folded, as shared). What is left between these and the servers' logits is
+    their truncations only (:func:`truncation_error_bound`).
+    """
+    import torch.nn.functional as F
+
+    x0 = torch.from_numpy(_grid(torch.as_tensor(np.asarray(queries)).double().numpy()))
+    outputs = []
+    for owner in owners:
+        x = x0
+        for spec in owner.layers:
+            params = [torch.from_numpy(_grid(p)) for p in spec.params]
+            if spec.kind == "linear":
+                x = F.linear(x, *params)
+            elif spec.kind == "conv2d":
+                x = F.conv2d(x, *params, stride=spec.option("stride"), padding=spec.option("padding"),
+                             dilation=spec.option("dilation"))
+            elif spec.kind in ("avgpool2d", "maxpool2d"):
+                pool = F.avg_pool2d if spec.kind == "avgpool2d" else F.max_pool2d
+                x = pool(x, spec.option("kernel_size"), spec.option("stride"), spec.option("padding"))
+            elif spec.kind == "flatten":
+                x = x.flatten(1)
+            elif spec.kind == "relu":
+                x = x.clamp(min=0)
+            elif spec.kind == "square":
+                x = x * x
+            elif spec.kind == "affine":
+                shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+                x = x * params[0].reshape(shape) + params[1].reshape(shape)
+            else:
+                raise ValueError(f"owner {owner.name}: no fixed-point reference for layer kind {spec.kind!r}")
+        outputs.append(x.numpy())
+    return np.stack(outputs)
+
+
+def truncation_error_bound(owners: Sequence[ModelOwner], *, num_servers: int = 2) -> float:
+    """A worst-case bound on |server logit - :func:`fixed_point_logits`| over all owners (inf if none is known).
+
+    Assumes each truncating step (Linear, Conv2d, AvgPool2d, affine) errs by at
+    most ``num_servers`` units of 2**-16 per output; later layers amplify an
+    input error by at most their operator inf-norm (the largest absolute row
+    sum of the weights; ReLU, MaxPool, Flatten by 1). Square (its error
+    depends on the values) gives inf.
+    """
+    unit = num_servers / SCALE
+    worst = 0.0
+    for owner in owners:
+        error = 0.0
+        for spec in owner.layers:
+            if spec.kind in ("linear", "conv2d"):
+                weight = np.abs(_grid(spec.params[0]))
+                error = float(weight.reshape(weight.shape[0], -1).sum(axis=1).max()) * error + unit
+            elif spec.kind == "affine":
+                error = float(np.abs(_grid(spec.params[0])).max()) * error + unit
+            elif spec.kind == "avgpool2d":
+                error += unit
+            elif spec.kind == "square":
+                return math.inf
+        worst = max(worst, error)
+    return worst
 
 
 def robust_votes(logits: np.ndarray, *, margin_bound: float, logit_bound: float = DEFAULT_LOGIT_BOUND) -> np.ndarray:
@@ -208,6 +281,12 @@ def decided_releases(logits: np.ndarray, *, mechanism: NoiseMechanism, seed: Tes
 class ConformanceReport:
     """The per-query comparison. ``disagreements`` are indices among the compared queries.
 
+    The simulation's histograms come from :func:`fixed_point_logits` (the
+    owners' parameters and the queries on the servers' 2**-16 grid);
+    ``float_vote_changes`` counts the owner votes that differ from a float32
+    evaluation of the torch models (informative). ``truncation_bound`` is the
+    worst-case error the servers' truncations can add
+    (:func:`truncation_error_bound`; ``margin_bound`` must be at least that).
     ``near_tie_queries`` counts the queries where some owner's vote could
     change under a logit error of ``margin_bound``; those whose released
     label could then change too (:func:`decided_releases`) are excluded
@@ -222,6 +301,8 @@ class ConformanceReport:
     agreements: int
     disagreements: tuple[int, ...]
     near_tie_queries: int
+    truncation_bound: float
+    float_vote_changes: int
     excluded_near_ties: tuple[int, ...]
     excluded_disagreements: tuple[int, ...]
     margin_bound: float
@@ -333,8 +414,12 @@ def compare_mpc_to_simulation(
                                    logit_bound=logit_bound, seed=seed)
         labels = runs[0]
     labels = np.asarray(labels)
-    logits = ensemble_logits([o.model for o in owners], queries)
+    logits = fixed_point_logits(owners, queries)
     counts = histogram(logits, aggregation="vote", logit_bound=logit_bound)
+    bound = truncation_error_bound(owners, num_servers=cluster.num_servers)
+    if margin_bound < bound:
+        raise ValueError(f"margin_bound {margin_bound:g} is below the worst-case truncation error {bound:g} of these "
+                         "owners under MPC: exclusions would not be sound")
     simulated = simulate_seeded(counts, mechanism=mechanism, seed=seed, num_servers=cluster.num_servers,
                                 colluding=cluster.colluding, batch_rows=batch_rows, ops_factory=ops_factory)
     near_tie = ~robust_votes(logits, margin_bound=margin_bound, logit_bound=logit_bound)
@@ -346,7 +431,9 @@ def compare_mpc_to_simulation(
     return ConformanceReport(
         queries=len(labels), compared=int(robust.sum()), agreements=int((robust & ~differ).sum()),
         disagreements=tuple(int(i) for i in np.flatnonzero(robust & differ)),
-        near_tie_queries=int(near_tie.sum()),
+        near_tie_queries=int(near_tie.sum()), truncation_bound=float(bound),
+        float_vote_changes=int(np.sum(histogram(ensemble_logits([o.model for o in owners], queries),
+                                                aggregation="vote", logit_bound=logit_bound) != counts) // 2),
         excluded_near_ties=tuple(int(i) for i in np.flatnonzero(~robust)),
         excluded_disagreements=tuple(int(i) for i in np.flatnonzero(~robust & differ)),
         margin_bound=float(margin_bound), num_owners=len(owners), num_classes=counts.shape[-1],
@@ -506,6 +593,8 @@ __all__ = [
     "compare_flip_rates",
     "compare_mpc_to_simulation",
     "decided_releases",
+    "fixed_point_logits",
+    "truncation_error_bound",
     "vote_bounds",
     "flip_rate_test",
     "minimum_detectable_difference",
