@@ -158,6 +158,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {q['queries']} | {q['compared']} | {q['agreements']} | {len(q['disagreements'])} | "
         f"{q['near_tie_queries']} | {q['excluded_near_ties']} | {len(q['excluded_disagreements'])} | {q['flips']} |",
         "",
+        f"Simulated on the servers' fixed-point grid (owner votes that differ from float32 evaluation: "
+        f"{q['float_vote_changes']}); worst-case truncation error of the owners {q['truncation_bound']:.2g} "
+        f"<= margin bound {q['margin_bound']:g}.",
+        "",
         f"Result: {'PASSED' if q['passed'] else 'FAILED'}; MPC seconds {q['mpc_seconds']:.1f}; "
         f"noiseless accuracy {result['noiseless_accuracy']:.3f}, private (MPC) {result['private_accuracy_mpc']:.3f}, "
         f"mean owner {result['owner_accuracy_mean']:.3f}.",
