@@ -152,7 +152,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Per query, test-only seeded noise (labels must be equal on every compared query):",
         "",
-        f"| queries | compared | agreements | disagreements | with an owner near a tie (margin < {q['margin_bound']:g}) "
+        "| queries | compared | agreements | disagreements | "
+        f"with an owner near a tie (margin < {q['margin_bound']:g}) "
         "| excluded (label could change) | disagreements among excluded | noisy flips among compared |",
         "|---|---|---|---|---|---|---|---|",
         f"| {q['queries']} | {q['compared']} | {q['agreements']} | {len(q['disagreements'])} | "

@@ -303,4 +303,8 @@ def test_the_harness_refuses_bad_input_before_any_mpc_work(seeded_env):
                                   margin_bound=-1)
     with pytest.raises(ValueError, match="non-empty batch"):
         compare_mpc_to_simulation(owners, torch.zeros(0, 8), mechanism=NoNoise(), seed=TestOnlyNoiseSeed("s"))
-    assert inspect.signature(compare_mpc_to_simulation).parameters["margin_bound"].kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(ValueError, match="truncation error"):
+        compare_mpc_to_simulation(owners, queries(4), mechanism=NoNoise(), seed=TestOnlyNoiseSeed("s"),
+                                  margin_bound=1e-6)
+    parameter = inspect.signature(compare_mpc_to_simulation).parameters["margin_bound"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY

@@ -114,7 +114,7 @@ def simulate_seeded(
 
 
 def _grid(values: Any) -> np.ndarray:
-    """Values rounded to the 2**-16 fixed-point grid, as :func:`~pricure_crypten.mpc.sharing.encode` does (exact in float64)."""
+    """Values rounded to the 2**-16 grid as :func:`~pricure_crypten.mpc.sharing.encode` does (exact in float64)."""
     return np.rint(np.asarray(values, dtype=np.float64) * SCALE) / SCALE
 
 
@@ -408,18 +408,20 @@ def compare_mpc_to_simulation(
     mechanism.check_aggregation("vote")
     logit_bound = check_logit_bound(logit_bound)
     cluster = cluster if cluster is not None else Cluster()
-    seconds = 0.0
-    if labels is None:
-        runs, seconds = mpc_labels(owners, queries, mechanism=mechanism, cluster=cluster, batch_rows=batch_rows,
-                                   logit_bound=logit_bound, seed=seed)
-        labels = runs[0]
-    labels = np.asarray(labels)
     logits = fixed_point_logits(owners, queries)
     counts = histogram(logits, aggregation="vote", logit_bound=logit_bound)
     bound = truncation_error_bound(owners, num_servers=cluster.num_servers)
     if margin_bound < bound:
         raise ValueError(f"margin_bound {margin_bound:g} is below the worst-case truncation error {bound:g} of these "
                          "owners under MPC: exclusions would not be sound")
+    seconds = 0.0
+    if labels is None:
+        runs, seconds = mpc_labels(owners, queries, mechanism=mechanism, cluster=cluster, batch_rows=batch_rows,
+                                   logit_bound=logit_bound, seed=seed)
+        labels = runs[0]
+    labels = np.asarray(labels)
+    if labels.shape != (counts.shape[0],):
+        raise ValueError(f"labels must have shape ({counts.shape[0]},), got {labels.shape}")
     simulated = simulate_seeded(counts, mechanism=mechanism, seed=seed, num_servers=cluster.num_servers,
                                 colluding=cluster.colluding, batch_rows=batch_rows, ops_factory=ops_factory)
     near_tie = ~robust_votes(logits, margin_bound=margin_bound, logit_bound=logit_bound)
