@@ -15,7 +15,8 @@ by the test and asserted below): the paired test detects a uniform shift of
 the per-query flip rates of ``paired_detectable`` (0.061 in a run here; asserted <= 0.07) with 80%
 power at alpha = 0.05 (two-sided). The test passes at alpha = 1e-3 (a
 correct implementation fails with probability 1e-3) and is shown to reject a
-simulation at half the epsilon (double the noise scale).
+simulation at a quarter of the epsilon (4x the noise scale; at 2x the flip rate
+moves by about the detectable difference only).
 """
 
 from __future__ import annotations
@@ -289,8 +290,9 @@ def test_flip_rates_of_the_mpc_path_match_the_simulation_with_production_noise()
     assert report.paired_p > 1e-3 and report.fisher_p > 1e-3
     assert 0.1 <= report.mpc_rate <= 0.6  # a flip rate where the test has power
     assert report.paired_detectable <= 0.07
-    # the test can fail: the same MPC labels against a simulation with twice the noise scale
-    wrong = compare_flip_rates(owners, batch, mechanism=calibrate(epsilon=0.5), labels=labels, simulation_repeats=50)
+    # the test can fail: the same MPC labels against a simulation with 4x the noise scale (flip rate ~0.6
+    # against ~0.48; 2x moves it by about the detectable difference only, ~0.06)
+    wrong = compare_flip_rates(owners, batch, mechanism=calibrate(epsilon=0.25), labels=labels, simulation_repeats=50)
     assert wrong.paired_p < 1e-3, wrong.summary()
 
 
