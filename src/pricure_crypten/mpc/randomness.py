@@ -172,7 +172,8 @@ class TestOnlyNoiseSeed:
 
     The partial of server ``r`` for the ``d``-th noise addition of the release
     of the ``j``-th row it computes (rows counted from 0 since the owners'
-    shares were loaded, in the order of ``predict`` batches; rehearsals and
+    shares were loaded, in the order of ``predict`` batches, padding rows of
+    :class:`~pricure_crypten.config.Offline` included; rehearsals and
     profiles of the offline phase use the CSPRNG and count no rows) is drawn
     by the mechanism's own ``partial`` from ``SecureRandom`` seeded with
     ``(seed, r, j, d)`` (:meth:`stream`), so it does not depend on how rows are
