@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = conformance.compare_mpc_to_simulation(owners, queries, mechanism=mechanism, seed=seed, cluster=cluster,
                                                    batch_rows=args.batch_rows, margin_bound=margin)
     per_query_seconds = time.perf_counter() - begin
+    # negative control (simulation only): the same MPC labels against a simulation with ANOTHER seed
+    control = conformance.compare_mpc_to_simulation(owners, queries, mechanism=mechanism,
+                                                    seed=TestOnlyNoiseSeed(args.seed + "/control"), cluster=cluster,
+                                                    batch_rows=args.batch_rows, margin_bound=margin,
+                                                    labels=np.array(report.mpc_labels))
     flips = None
     if args.flip_repeats > 0:
         begin = time.perf_counter()
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "private_accuracy_mpc": float(np.mean(mpc == truth)),
         "training_seconds": training_seconds,
         "per_query": report.summary() | {"wall_seconds": per_query_seconds},
+        "mis_seeded_control": {"compared": control.compared, "disagreements": len(control.disagreements)},
         "flip_rates": (flips.summary() | {"wall_seconds": flip_seconds}) if flips is not None else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +169,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{q['float_vote_changes']}); worst-case truncation error of the owners {q['truncation_bound']:.2g} "
         f"<= margin bound {q['margin_bound']:g}.",
         "",
+        *([f"Negative control: the same MPC labels against a simulation with another seed disagree on "
+           f"{result['mis_seeded_control']['disagreements']} of {result['mis_seeded_control']['compared']} "
+           "compared queries.", ""] if "mis_seeded_control" in result else []),
         f"Result: {'PASSED' if q['passed'] else 'FAILED'}; MPC seconds {q['mpc_seconds']:.1f}; "
         f"noiseless accuracy {result['noiseless_accuracy']:.3f}, private (MPC) {result['private_accuracy_mpc']:.3f}, "
         f"mean owner {result['owner_accuracy_mean']:.3f}.",
