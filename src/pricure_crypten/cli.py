@@ -182,6 +182,7 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--max-batch", type=_at_least(1, "--max-batch"), default=256,
                             help="rows per MPC batch (requests are packed)")
         parser.add_argument("--max-upload-mb", type=_seconds("--max-upload-mb"), default=64.0)
+        parser.add_argument("--threads", type=_at_least(1, "--threads"), default=1)
         parser.add_argument("--max-params", type=_at_least(1, "--max-params"), default=1 << 23,
                             help="parameters (int64 share elements) per uploaded model")
         parser.add_argument("--max-activation", type=_at_least(1, "--max-activation"), default=1 << 22,

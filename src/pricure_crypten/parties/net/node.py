@@ -413,7 +413,9 @@ class Node:
         ids: list = []  # round robin over clients, each client's requests in arrival order
         for turn in range(max((len(q) for q in queues.values()), default=0)):
             ids.extend(q[turn] for q in queues.values() if turn < len(q))
-        return {"op": "predict", "ids": ids[:MAX_CANDIDATES]} if ids else {"op": "idle"}
+        if not ids:
+            return {"op": "idle"}
+        return {"op": "predict", "ids": ids[:MAX_CANDIDATES], "max_rows": self.config.max_rows}
 
     def _vote_predict(self, ids: list, reserve: bool = True) -> tuple[list, dict]:
         """This server's vote on each proposed id, and the reservations it made (``reserve=False``: none)."""
@@ -474,7 +476,7 @@ class Node:
         for index, entry in enumerate(ids):
             column = [v[index] for v in votes]
             if all(c[0] == "ok" for c in column):
-                if rows + entry[2][0] <= self.config.max_rows:
+                if rows + entry[2][0] <= proposal.get("max_rows", self.config.max_rows):  # server 0's, for all
                     chosen.append(entry)
                     rows += entry[2][0]
             else:
