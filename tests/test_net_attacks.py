@@ -270,7 +270,7 @@ def test_slow_and_greedy_connections_are_cut_and_others_are_served(deployment):
         time.sleep(0.5)
         refused = sum(_closed(s) for s in greedy)
         print(f"connection cap {MAX_CONNECTIONS}: {refused} of {len(greedy)} idle connections closed at once")
-        assert refused >= 16
+        assert 16 <= refused <= 16 + 8  # a few other connections (health polls, alice) may be open meanwhile
     finally:
         for sock in slow + greedy:
             sock.close()

@@ -193,7 +193,7 @@ def guarded_protocol(*, header_timeout: float, max_connections: int) -> type:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                transport.close()
+                transport.abort()  # not close(): a TLS close waits up to 30 s for the peer's close_notify
                 return
             self._arm()
 
@@ -203,9 +203,13 @@ def guarded_protocol(*, header_timeout: float, max_connections: int) -> type:
             def expire() -> None:
                 idle = armed is None or armed.response_complete  # not inside a (pipelined) request
                 if self.cycle is armed and idle and not self.transport.is_closing():
-                    self.transport.close()  # no (new) request's headers within the deadline
+                    self.transport.abort()  # no (new) request's headers within the deadline
 
             self.loop.call_later(header_timeout, expire)
+
+        def timeout_keep_alive_handler(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.abort()  # an idle kept-alive connection: gone at once, not after a TLS close
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
