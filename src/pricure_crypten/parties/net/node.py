@@ -9,15 +9,21 @@ Two threads share one :class:`Node`:
   :class:`~pricure_crypten.parties.server.ServerState` as the in-process
   mode. Every tick, server 0 proposes the next step with public metadata
   only (``broadcast_object_list``): load the owners' current uploads, or
-  compute these request ids (several clients' rows packed into one MPC
-  batch); every server answers with its vote (``all_gather_object``):
-  ``ok`` (it holds the share, the id is new, and the client's budget in
-  ITS OWN ledger has room: reserved), ``wait`` (share not here yet) or a
-  refusal. Only ids that every server accepted are computed; a refusal
-  anywhere stops the request everywhere before any MPC work, and every
-  reservation is rolled back; an id that has not reached every server
-  within ``incomplete_after`` seconds is dropped everywhere. The decision
-  is a function of the gathered votes, so all servers take the same one.
+  consider these request ids (round robin over clients, each client's in
+  arrival order). For a load, every server votes per owner and a bundle
+  that is unusable anywhere is quarantined (not loaded; its owner sees
+  why) while the others load. For requests, every server first says which
+  ids it holds (``all_gather_object``); the ids held everywhere are packed
+  into one MPC batch, skipping any that does not fit (so shares sent to some
+  servers only never block complete requests), and every server then votes
+  on those: ``ok`` (the id is new and the client's budget in ITS OWN ledger
+  has room: reserved) or a refusal. Only ids that every server accepted are
+  computed; a refusal anywhere stops the request everywhere before any MPC
+  work, and every reservation is rolled back; an id that has not reached
+  every server within ``incomplete_after`` seconds is dropped everywhere.
+  Each decision is a function of the gathered votes, so all servers take
+  the same one. A client has at most ``max_client_requests`` pending
+  requests and ``max_client_rows`` pending rows per server (HTTP 429).
 
 A failure of the MPC itself (a peer or the dealer dies, a collective times
 out) fails every request in flight (reservations rolled back: nothing was
@@ -593,9 +599,8 @@ class Node:
                 if self.quarantined.get(owner, {}).get("upload_id") != upload[owner]:
                     logger.error("quarantined the upload %s of owner %s (not loaded): %s", upload[owner], owner,
                                  reason)
-                self.quarantined[owner] = {"upload_id": upload[owner], "reason": reason}
-            for owner in [o for o in self.quarantined if o not in upload]:
-                del self.quarantined[owner]  # withdrawn
+            # only current uploads are quarantined: a withdrawn or replaced one is forgotten
+            self.quarantined = {owner: {"upload_id": upload[owner], "reason": reason} for owner, reason in bad.items()}
         if any(v[o] == "missing" for v in votes for o, _ in wanted if o not in bad):
             return  # an upload has not reached every server yet: retried (server 0 proposes again)
         good = [(o, u) for o, u in wanted if o not in bad]
