@@ -327,7 +327,7 @@ def test_the_supervisor_restarts_a_party_killed_by_a_signal_and_stops_only_when_
             supervisor.kill()
     log = supervisor.stderr.read()
     assert "killed by SIGKILL (out of memory?" in log and "exited with code 1" in log, log
-    assert log.count("restarting it in") == 2 and "stopped (SIGTERM)" in log, log
+    assert log.count("restarting the party in") == 2 and "stopped (SIGTERM)" in log, log
     with pytest.raises(ProcessLookupError):  # the party went with it
         os.kill(party, 0)
 

@@ -122,7 +122,7 @@ def supervise(what: str, argv: Sequence[str], *, wait: float, command: Optional[
                 pause, delay = delay, min(2 * delay, backoff[1])
                 deadline = now + wait
             restarts += 1
-            print(f"pricure {what}: {_describe(code)} after {now - started:.1f} s; restarting it in {pause:g} s "
+            print(f"pricure {what}: {_describe(code)} after {now - started:.1f} s; restarting the party in {pause:g} s "
                   f"(restart {restarts})", file=sys.stderr, flush=True)
             until = time.monotonic() + pause
             while not asked and time.monotonic() < until:
