@@ -35,7 +35,8 @@ from typing import Any
 from .wire import REQUEST_ID, ShapeError, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
-MAX_PARSING = 2  # uploads read and checked at the same time (each holds up to --max-upload-mb)
+MAX_PARSING = 3  # uploads read and checked at the same time (each holds up to --max-upload-mb), one per owner
+MAX_QUERY_BODIES = 8  # query bodies read and decoded at the same time (each up to MAX_JSON_BYTES); others wait
 
 
 def _read_limited(request: Any, limit: int, timeout: float) -> Any:
@@ -69,12 +70,16 @@ def _http(status: int, detail: str) -> Exception:
 
 
 def build_app(node: Any) -> Any:
+    import asyncio
+
     import anyio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="pricure server", docs_url=None, redoc_url=None, openapi_url=None)
     parsing = threading.BoundedSemaphore(MAX_PARSING)
+    uploading: set[str] = set()  # owners with an upload in progress (one each)
+    query_bodies = asyncio.Semaphore(MAX_QUERY_BODIES)  # bound at first use to uvicorn's loop
     body_timeout = getattr(node.config, "body_timeout", 120.0)
 
     def credential(request: Request) -> Any:
@@ -104,8 +109,11 @@ def build_app(node: Any) -> Any:
         upload_id = request.headers.get("x-upload-id", "")
         if not REQUEST_ID.match(upload_id):
             raise _http(400, "header X-Upload-Id must be 32 lowercase hex digits (the same on every server)")
+        if owner in uploading:
+            raise _http(429, f"owner {owner} already has an upload in progress on this server")
         if not parsing.acquire(blocking=False):
             raise _http(503, f"{MAX_PARSING} uploads are being checked on this server; retry in a moment")
+        uploading.add(owner)
         try:
             data = await _read_limited(request, node.models.max_bytes, body_timeout)
             # checked off the event loop: the front door keeps answering meanwhile
@@ -113,6 +121,7 @@ def build_app(node: Any) -> Any:
         except WireError as error:
             raise _http(400, str(error)) from None
         finally:
+            uploading.discard(owner)
             parsing.release()
 
     @app.get("/v1/model")
@@ -133,7 +142,6 @@ def build_app(node: Any) -> Any:
     @app.post("/v1/queries", status_code=202)
     async def post_query(request: Request) -> dict:
         client = who(request, "client")
-        body = await _read_limited(request, MAX_JSON_BYTES, body_timeout)
 
         def parse_and_submit() -> str:
             message = loads_json(body)
@@ -147,7 +155,9 @@ def build_app(node: Any) -> Any:
         from .node import TooManyRequests
 
         try:
-            request_id = await anyio.to_thread.run_sync(parse_and_submit)
+            async with query_bodies:  # bounds the memory of bodies in flight; off the event loop to parse
+                body = await _read_limited(request, MAX_JSON_BYTES, body_timeout)
+                request_id = await anyio.to_thread.run_sync(parse_and_submit)
         except WireError as error:
             raise _http(422 if isinstance(error, ShapeError) else 400, str(error)) from None
         except LookupError as error:
