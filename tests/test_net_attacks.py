@@ -34,7 +34,7 @@ from tests.test_deployment import CLASSES, FEATURES, Deployment, _owners, _queri
 
 pytestmark = pytest.mark.mpc
 
-HEADER_TIMEOUT, MAX_CONNECTIONS, CLIENT_CAP, INCOMPLETE = 2, 48, 4, 6
+HEADER_TIMEOUT, MAX_CONNECTIONS, CLIENT_CAP, INCOMPLETE = 2, 64, 4, 6
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,11 @@ def _closed(sock: ssl.SSLSocket) -> bool:
 
 
 def test_slow_and_greedy_connections_are_cut_and_others_are_served(deployment):
-    """Issue 18: 40 of 40 TLS connections with an unfinished header were still open after a minute."""
+    """Issue 18: 40 of 40 TLS connections with an unfinished header were still open after a minute.
+
+    (The cap on open connections is tested on a front door alone, in
+    tests/test_net_hardening.py: here the header deadline would blur it.)
+    """
     slow = [_tls_socket(deployment, 0) for _ in range(40)]
     for sock in slow:
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
@@ -265,17 +269,9 @@ def test_slow_and_greedy_connections_are_cut_and_others_are_served(deployment):
     closed = sum(_closed(s) for s in slow)
     print(f"slow headers: {closed}/40 connections closed by the server within {time.monotonic() - started:.1f} s")
     assert closed == 40
-    greedy = []
-    try:
-        for _ in range(MAX_CONNECTIONS + 16):
-            greedy.append(_tls_socket(deployment, 0))
-        time.sleep(0.5)
-        refused = sum(_closed(s) for s in greedy)
-        print(f"connection cap {MAX_CONNECTIONS}: {refused} of {len(greedy)} idle connections closed at once")
-        assert 16 <= refused <= 16 + 8  # a few other connections (health polls, alice) may be open meanwhile
-    finally:
-        for sock in slow + greedy:
-            sock.close()
+    for sock in slow:
+        sock.close()
+    assert deployment.health(0)["connections"] <= 2  # none of them is still counted
     _alice_answers(deployment)
 
 

@@ -374,3 +374,65 @@ def test_the_request_log_forgets_finished_ids_after_its_retention(tmp_path):
     assert log.prune(retention=3600, max_entries=5) == 5 and log.count() == 5  # the oldest finished go first
     assert log.prune(retention=0, max_entries=100) == 3 and log.count() == 2  # pending ids stay
     assert log.lookup(f"{8:032x}")[1] == "pending"
+
+
+# -- the front door: connection cap and header deadline --
+
+def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_path):
+    """Issue 18: no header timeout and no connection limit (40 of 40 slow TLS connections stayed open).
+
+    A front door alone (the real app and protocol, a stand-in node), with a
+    cap of 8 connections and a 3 s header deadline: of 12 idle connections 4
+    are cut at once, the other 8 at the deadline, and a request is answered
+    again afterwards.
+    """
+    import socket
+    import ssl
+    import types
+
+    import httpx
+
+    from pricure_crypten.experiments.deployment import free_port
+    from pricure_crypten.parties.net.app import start_front_door
+    from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
+
+    make_ca(tmp_path / "ca")
+    make_server_cert(tmp_path / "ca", "127.0.0.1", tmp_path / "s")
+    config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
+                                   host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
+                                   max_connections=8, header_timeout=3.0, body_timeout=10.0)
+    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
+                                 credentials=types.SimpleNamespace(lookup=lambda token: None))
+    front = start_front_door(node)
+    tls = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+
+    def connect() -> ssl.SSLSocket:
+        sock = tls.wrap_socket(socket.create_connection(("127.0.0.1", config.port), timeout=5),
+                               server_hostname="127.0.0.1")
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        return sock
+
+    def closed(sock: ssl.SSLSocket) -> bool:
+        sock.settimeout(0.05)
+        try:
+            return sock.recv(1) == b""
+        except (socket.timeout, ssl.SSLWantReadError):
+            return False
+        except OSError:
+            return True
+
+    try:
+        socks = [connect() for _ in range(12)]
+        time.sleep(0.5)
+        assert sum(closed(s) for s in socks) == 4 and node.open_connections() == 8
+        deadline = time.monotonic() + 10
+        while not all(closed(s) for s in socks):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert node.open_connections() == 0
+        answer = httpx.get(f"https://127.0.0.1:{config.port}/v1/health", verify=tls, timeout=5)
+        assert answer.json() == {"alive": True, "details": False}
+        for sock in socks:
+            sock.close()
+    finally:
+        front.stop()

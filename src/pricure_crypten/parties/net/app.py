@@ -241,6 +241,7 @@ def start_front_door(node: Any) -> FrontDoor:
                             http=guarded_protocol(header_timeout=c.header_timeout,
                                                   max_connections=c.max_connections), **tls)
     server = uvicorn.Server(config)
+    node.open_connections = lambda: len(server.server_state.connections)  # for health details
     thread = threading.Thread(target=server.run, name="pricure-front-door", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -319,6 +319,7 @@ class Node:
                     "num_classes": first["num_classes"] if first else None,
                     "pending": sum(p.status == "pending" for p in self.pending.values()),
                     "owners_quarantined": sorted(self.quarantined),
+                    "connections": self.open_connections(),
                     "batches": self.batches, "totals": dict(self.totals),
                     "settings": self.config.public_settings()}
 
@@ -553,6 +554,7 @@ class Node:
 
     aggregation_ready: Optional[bool] = False
     mechanism: Any = None
+    open_connections: Any = staticmethod(lambda: None)  # set by the front door
 
     def _check_buildable(self, bundle: Any) -> Optional[str]:
         """None if this owner's network alone builds on this server (local, no communication), else why not."""
