@@ -128,10 +128,12 @@ def test_a_stored_bundle_that_fails_at_load_is_quarantined_and_the_others_keep_w
         (models / "evil.npz").write_bytes(_poisoned(owners[0], rank))
         (models / "evil.json").write_text(json.dumps({"owner": "evil", "upload_id": upload_id,
                                                       "input_shape": [FEATURES], "num_classes": CLASSES}))
-    deadline = time.monotonic() + 30
+    written = time.monotonic()
+    deadline = written + 30
     while not all((deployment.health(r) or {}).get("owners_quarantined") == ["evil"] for r in range(2)):
         assert time.monotonic() < deadline, [deployment.health(r) for r in range(2)]
         time.sleep(0.2)
+    print(f"bad stored bundle: quarantined on both servers {time.monotonic() - written:.1f} s after it was written")
     with deployment.http(0, "evil") as evil:
         status = evil.get("/v1/model").json()
     assert status["status"] == "quarantined" and "unknown option 'groups'" in status["reason"], status
