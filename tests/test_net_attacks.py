@@ -206,32 +206,40 @@ def test_shares_sent_to_one_server_only_cannot_block_another_client(deployment):
     """Issue 18: full-size requests posted to server 0 only (no budget cost) made another client's query fail.
 
     Mallory keeps posting full-size shares to server 0 only while Alice asks
-    for labels; Alice must get them while the attack goes on, within 12 s. The
-    old code packed in arrival order and stopped at mallory's oldest share,
-    so Alice waited until server 0 dropped its whole backlog as stale
-    (3 x --incomplete-after = 18 s after the attack began). Mallory is capped
-    (429) and charged nothing.
+    for labels. Alice must get them while mallory's shares posted BEFORE hers
+    are still pending, i.e. she overtakes them (the old code packed in
+    arrival order and stopped at mallory's oldest share, so Alice was served
+    only after server 0 had dropped mallory's earlier shares as incomplete).
+    Mallory is capped (429) and charged nothing.
     """
-    stop, seen = threading.Event(), {}
+    stop, seen, accepted = threading.Event(), {}, []
 
     def attack() -> None:
         share = encode_array(np.zeros((64, FEATURES), np.int64))
         with deployment.http(0, "mallory") as mallory:
             while not stop.is_set():
-                code = mallory.post("/v1/queries", json={"request_id": secrets.token_hex(16), "share": share})
+                rid = secrets.token_hex(16)
+                code = mallory.post("/v1/queries", json={"request_id": rid, "share": share})
                 seen[code.status_code] = seen.get(code.status_code, 0) + 1
+                if code.status_code == 202:
+                    accepted.append(rid)
                 time.sleep(0.02)
 
     attacker = threading.Thread(target=attack, daemon=True)
     attacker.start()
     try:
         time.sleep(1.0)
+        earlier = list(accepted)
         started = time.monotonic()
-        _alice_answers(deployment, rows=5, timeout=12)
-        print(f"head-of-line attack: alice answered in {time.monotonic() - started:.1f} s while mallory got {seen}")
+        _alice_answers(deployment, rows=5, timeout=20)
+        with deployment.http(0, "mallory") as mallory:
+            states = [mallory.get(f"/v1/queries/{rid}").json()["status"] for rid in earlier]
+        print(f"head-of-line attack: alice answered in {time.monotonic() - started:.1f} s while mallory got {seen}; "
+              f"mallory's {len(earlier)} earlier requests then: {states}")
     finally:
         stop.set()
         attacker.join(timeout=10)
+    assert earlier and states[0] == "pending", states  # alice overtook mallory's oldest incomplete request
     assert seen.get(429, 0) > 0 and seen.get(202, 0) >= CLIENT_CAP and 500 not in seen, seen
     for rank in range(2):
         status = deployment.status(rank, "mallory")
