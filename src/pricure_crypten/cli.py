@@ -185,7 +185,7 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--threads", type=_at_least(1, "--threads"), default=1)
         parser.add_argument("--max-params", type=_at_least(1, "--max-params"), default=1 << 23,
                             help="parameters (int64 share elements) per uploaded model")
-        parser.add_argument("--max-activation", type=_at_least(1, "--max-activation"), default=1 << 22,
+        parser.add_argument("--max-activation", type=_at_least(1, "--max-activation"), default=1 << 20,
                             help="elements of any layer's output per example, in an uploaded model")
         parser.add_argument("--max-client-requests", type=_at_least(1, "--max-client-requests"), default=16,
                             help="pending requests per client on this server (HTTP 429 beyond)")

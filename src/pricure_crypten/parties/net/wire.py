@@ -50,7 +50,7 @@ class BundleLimits:
     max_bytes: int = MAX_BUNDLE_BYTES
     max_params: int = 1 << 23
     max_input_elements: int = 1 << 20
-    max_activation: int = 1 << 22
+    max_activation: int = 1 << 20
     max_layers: int = 64
     max_dim: int = 1 << 16
     max_header_bytes: int = 1 << 20
