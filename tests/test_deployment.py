@@ -129,7 +129,8 @@ class Deployment:
 
     def health(self, rank: int) -> dict | None:
         try:
-            return httpx.get(f"https://{self.urls[rank]}/v1/health", verify=self.tls(), timeout=2).json()
+            return httpx.get(f"https://{self.urls[rank]}/v1/health", verify=self.tls(), timeout=2,
+                             headers={"Authorization": f"Bearer {self.tokens['alice'].read_text().strip()}"}).json()
         except (httpx.HTTPError, ValueError):
             return None
 

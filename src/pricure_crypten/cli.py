@@ -197,6 +197,20 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--max-upload-mb", type=_megabytes("--max-upload-mb"), default=64.0,
                             help="largest model bundle an owner may upload, in MiB")
         parser.add_argument("--threads", type=_at_least(1, "--threads"), default=1)
+        parser.add_argument("--max-params", type=_at_least(1, "--max-params"), default=1 << 23,
+                            help="parameters (int64 share elements) per uploaded model")
+        parser.add_argument("--max-activation", type=_at_least(1, "--max-activation"), default=1 << 20,
+                            help="elements of any layer's output per example, in an uploaded model")
+        parser.add_argument("--max-client-requests", type=_at_least(1, "--max-client-requests"), default=16,
+                            help="pending requests per client on this server (HTTP 429 beyond)")
+        parser.add_argument("--max-client-rows", type=_at_least(1, "--max-client-rows"), default=1024,
+                            help="pending rows per client on this server (at least --max-batch)")
+        parser.add_argument("--max-connections", type=_at_least(1, "--max-connections"), default=128,
+                            help="open connections to the front door")
+        parser.add_argument("--header-timeout", type=_seconds("--header-timeout"), default=10.0,
+                            help="seconds a connection has to send a request's headers")
+        parser.add_argument("--log-retention-days", type=_seconds("--log-retention-days"), default=30.0,
+                            help="days a finished request id is kept (replays refused)")
         args = parser.parse_args(argv)
         if args.rank >= args.servers:
             parser.error(f"--rank must be < --servers ({args.servers}), got {args.rank}")
@@ -212,6 +226,10 @@ def _deployment_main(command: str, argv: list[str]) -> int:
             colluding=args.colluding, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
             wait=args.wait, timeout=args.timeout, incomplete_after=args.incomplete_after, max_rows=args.max_batch,
             max_upload=int(args.max_upload_mb * 1024 * 1024), threads=args.threads, argv=("serve", *argv),
+            max_params=args.max_params, max_activation=args.max_activation,
+            max_client_requests=args.max_client_requests, max_client_rows=args.max_client_rows,
+            max_connections=args.max_connections, header_timeout=args.header_timeout,
+            log_retention=args.log_retention_days * 86400.0,
         )
         return serve(config)
     if command == "dealer":

@@ -88,7 +88,9 @@ class ProcessDeployment:
         import httpx
 
         try:
+            token = next(iter(self.tokens.values())).read_text().strip()  # details need a credential
             return httpx.get(f"https://{self.urls[rank]}/v1/health", timeout=2,
+                             headers={"Authorization": f"Bearer {token}"},
                              verify=ssl.create_default_context(cafile=str(self.ca))).json()
         except (httpx.HTTPError, ValueError):
             return None

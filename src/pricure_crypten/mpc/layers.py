@@ -186,19 +186,91 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, .
     return tuple(out.shape[1:])
 
 
-def specs_output_shape(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Shape of one example's output, from the layer specs alone (a dry run on zeros).
+# The closed schema of what a server accepts: every layer kind, its number of parameters with their
+# dimensions, and its options (each a pair of ints within [low, high]). Anything else is refused by name
+# (check_layer), on the owner's side and before a server stores or builds anything.
+_PAIR_OPTIONS = {
+    "conv2d": {"stride": (1, 64), "padding": (0, 64), "dilation": (1, 64)},
+    "avgpool2d": {"kernel_size": (1, 64), "stride": (1, 64), "padding": (0, 32)},
+    "maxpool2d": {"kernel_size": (1, 64), "stride": (1, 64), "padding": (0, 32)},
+}
+LAYER_SCHEMA: dict[str, dict[str, Any]] = {
+    "linear": {"params": (2, 1), "options": {}},  # weight (out, in), bias (out,)
+    "conv2d": {"params": (4, 1), "options": _PAIR_OPTIONS["conv2d"]},  # weight (out, in, kh, kw), bias (out,)
+    "affine": {"params": (1, 1), "options": {}},  # per-channel scale (C,), shift (C,)
+    "relu": {"params": (), "options": {}},
+    "square": {"params": (), "options": {}},
+    "flatten": {"params": (), "options": {}},
+    "avgpool2d": {"params": (), "options": _PAIR_OPTIONS["avgpool2d"]},
+    "maxpool2d": {"params": (), "options": _PAIR_OPTIONS["maxpool2d"]},
+}
+LAYER_KINDS = tuple(LAYER_SCHEMA)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_layer(layer: LayerSpec, where: str = "layer") -> None:
+    """Raise ``ValueError`` naming the problem unless ``layer`` fits :data:`LAYER_SCHEMA` exactly.
+
+    Checks the kind, the option names (every option required, none unknown),
+    their values (pairs of ints in range), and the number and dimensions of
+    the parameters (their shapes only, never their values).
+    """
+    schema = LAYER_SCHEMA.get(layer.kind) if isinstance(layer.kind, str) else None
+    if schema is None:
+        raise ValueError(f"{where}: unknown layer kind {layer.kind!r} (known: {', '.join(LAYER_KINDS)})")
+    names = [name for name, _ in layer.options]
+    allowed = schema["options"]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"{where} ({layer.kind}): unknown option {unknown[0]!r} "
+                         f"(allowed: {', '.join(allowed) or 'none'})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where} ({layer.kind}): an option is given twice: {names}")
+    missing = [n for n in allowed if n not in names]
+    if missing:
+        raise ValueError(f"{where} ({layer.kind}): option {missing[0]!r} is missing")
+    for name, value in layer.options:
+        low, high = allowed[name]
+        if (not isinstance(value, (tuple, list)) or len(value) != 2
+                or not all(_int(v) and low <= v <= high for v in value)):
+            raise ValueError(f"{where} ({layer.kind}): option {name!r} must be a pair of integers in "
+                             f"[{low}, {high}], got {value!r}")
+    ndims = schema["params"]
+    if len(layer.params) != len(ndims):
+        raise ValueError(f"{where} ({layer.kind}): needs {len(ndims)} parameters, got {len(layer.params)}")
+    for j, (param, ndim) in enumerate(zip(layer.params, ndims)):
+        shape = tuple(np.shape(param))
+        if len(shape) != ndim or not all(s >= 1 for s in shape):
+            raise ValueError(f"{where} ({layer.kind}): parameter {j} must have {ndim} positive dimension(s), "
+                             f"got shape {shape}")
+    if len(ndims) == 2 and tuple(np.shape(layer.params[1])) != tuple(np.shape(layer.params[0]))[:1]:
+        raise ValueError(f"{where} ({layer.kind}): parameter 1 must have shape "
+                         f"{tuple(np.shape(layer.params[0]))[:1]}, got {tuple(np.shape(layer.params[1]))}")
+
+
+def specs_output_shape(layers: Sequence[LayerSpec], input_shape: tuple[int, ...], *,
+                       max_activation: int | None = None) -> tuple[int, ...]:
+    """Shape of one example's output, from the layer specs alone (a dry run on shapes).
 
     Runs where only shares are at hand (a server checking an uploaded bundle):
-    only the parameters' SHAPES are used, never their values. Raises
-    ``ValueError`` naming the first layer whose shapes do not fit, or a layer
-    order the stacked evaluation does not support.
+    only the parameters' SHAPES are used, never their values, and the dry run
+    is on torch's ``meta`` device, so it allocates and computes nothing however
+    large the declared shapes. Every layer is first checked against
+    :data:`LAYER_SCHEMA` (:func:`check_layer`). Raises ``ValueError`` naming
+    the first layer that is malformed, whose shapes do not fit, whose output
+    for one example has more than ``max_activation`` elements (when given),
+    or a layer order the stacked evaluation does not support.
     """
     import torch.nn.functional as F
 
-    x = torch.zeros((1,) + tuple(int(s) for s in input_shape))
+    meta = {"device": "meta"}
+    x = torch.zeros((1,) + tuple(int(s) for s in input_shape), **meta)
     for index, layer in enumerate(layers):
-        zeros = [torch.zeros(tuple(p.shape)) for p in layer.params]
+        check_layer(layer, f"layer {index}")
+        zeros = [torch.zeros(tuple(int(s) for s in np.shape(p)), **meta) for p in layer.params]
         where = f"layer {index} ({layer.kind}) on an input of shape {tuple(x.shape[1:])}"
         try:
             if layer.kind == "linear":
@@ -219,10 +291,14 @@ def specs_output_shape(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]
             elif layer.kind == "flatten":
                 x = x.flatten(1)
             elif layer.kind == "affine":
+                if zeros[0].numel() != x.shape[1]:
+                    raise ValueError(f"the per-channel affine has {zeros[0].numel()} channels, "
+                                     f"the input {x.shape[1]}")
                 shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
                 x = x * zeros[0].reshape(shape) + zeros[1].reshape(shape)
-            elif layer.kind not in ("relu", "square"):
-                raise ValueError(f"unsupported layer kind {layer.kind!r}")
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
             raise ValueError(f"{where}: {error}") from None
+        if max_activation is not None and x[0].numel() > max_activation:
+            raise ValueError(f"{where}: its output has {x[0].numel()} elements per example, more than the "
+                             f"limit {max_activation}")
     return tuple(x.shape[1:])

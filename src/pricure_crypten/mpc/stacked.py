@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ._crypten import MPCTensor, crypten
-from .layers import LayerSpec
+from .layers import LAYER_SCHEMA, LayerSpec
 from .sharing import FRACTIONAL_BITS
 
 LAYOUTS = ("shared", "spatial", "flat")
@@ -323,6 +323,11 @@ def stacked_module(layer: LayerSpec, num_owners: int, layout: str) -> tuple[Stac
     cls = _MODULES.get(layer.kind)
     if cls is None:
         raise ValueError(f"the stacked evaluation does not support layer kind {layer.kind!r}")
+    allowed = LAYER_SCHEMA[layer.kind]["options"]
+    unknown = [name for name, _ in layer.options if name not in allowed]
+    if unknown:  # a ValueError naming it, never a TypeError from the constructor
+        raise ValueError(f"unknown option {unknown[0]!r} for layer kind {layer.kind!r} "
+                         f"(allowed: {', '.join(allowed) or 'none'})")
     module = cls(*layer.params, num_owners=num_owners, layout=layout, **dict(layer.options))
     return module, module.layout_after
 

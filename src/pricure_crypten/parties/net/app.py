@@ -2,32 +2,54 @@
 
 Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
 
-* ``GET /v1/health``: public facts (rank, MPC state, owners loaded, input shape); no credential.
+* ``GET /v1/health``: liveness (rank, MPC state) for anyone; with a valid
+  credential also the owners loaded or quarantined, the input shape, settings and traffic.
 * ``PUT /v1/model`` (owner): body = the owner's share bundle (``.npz``,
   ``application/octet-stream``), header ``X-Upload-Id``. The owner is the
-  credential's identity, so nobody can write another owner's model.
-  ``DELETE /v1/model`` withdraws it, ``GET /v1/model`` shows its metadata.
+  credential's identity, so nobody can write another owner's model. The
+  bundle is checked completely (in a worker thread, at most
+  :data:`MAX_PARSING` at a time) before it is stored.
+  ``DELETE /v1/model`` withdraws it, ``GET /v1/model`` shows its metadata and
+  status (``loaded``, ``stored``, or ``quarantined`` with the reason).
 * ``POST /v1/queries`` (client): ``{"request_id": 32 hex, "share": {dtype, shape, data}}``.
 * ``GET /v1/queries/{request_id}`` (client): status and, when done, this
   server's share of the one-hot labels; another client's id reads as unknown.
 
 Tokens are never logged (uvicorn's access log is off; only hashes are stored).
+
+Slow or greedy connections: a connection must send a request's headers
+within ``header_timeout`` seconds (after the TLS handshake, and again after
+each response), its body within ``body_timeout``; idle kept-alive
+connections close after ``keep_alive``; beyond ``max_connections`` open
+connections new ones are closed at once (uvicorn answers 503 beyond as many
+requests in flight). A client has at most ``max_client_requests`` pending
+requests and ``max_client_rows`` pending rows per server (HTTP 429 beyond).
 """
 
 
 
-import json
 import threading
 import time
 from typing import Any
 
-from .wire import REQUEST_ID, ShapeError, WireError, decode_array
+from .wire import REQUEST_ID, ShapeError, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_PARSING = 3  # uploads read and checked at the same time (each holds up to --max-upload-mb), one per owner
+MAX_QUERY_BODIES = 8  # query bodies read and decoded at the same time (each up to MAX_JSON_BYTES); others wait
 
 
-def _read_limited(request: Any, limit: int) -> Any:
+def _read_limited(request: Any, limit: int, timeout: float) -> Any:
+    import anyio
+
     async def read() -> bytes:
+        try:
+            with anyio.fail_after(timeout):
+                return await read_all()
+        except TimeoutError:
+            raise _http(408, f"the body did not arrive within {timeout:g} s") from None
+
+    async def read_all() -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _http(413, f"the body has {declared} bytes, more than the limit {limit}")
@@ -48,15 +70,25 @@ def _http(status: int, detail: str) -> Exception:
 
 
 def build_app(node: Any) -> Any:
+    import asyncio
+
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="pricure server", docs_url=None, redoc_url=None, openapi_url=None)
+    parsing = threading.BoundedSemaphore(MAX_PARSING)
+    uploading: set[str] = set()  # owners with an upload in progress (one each)
+    query_bodies = asyncio.Semaphore(MAX_QUERY_BODIES)  # bound at first use to uvicorn's loop
+    body_timeout = getattr(node.config, "body_timeout", 120.0)
 
-    def who(request: Request, role: str) -> str:
+    def credential(request: Request) -> Any:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        found = node.credentials.lookup(token)
+        return node.credentials.lookup(token)
+
+    def who(request: Request, role: str) -> str:
+        found = credential(request)
         if found is None:
             raise _http(401, "missing or unknown credential (use the bearer token from 'pricure admin add')")
         if found[0] != role:
@@ -68,8 +100,8 @@ def build_app(node: Any) -> Any:
         return JSONResponse(status_code=500, content={"detail": f"internal error ({type(error).__name__})"})
 
     @app.get("/v1/health")
-    def health() -> dict:
-        return node.public_info()
+    def health(request: Request) -> dict:
+        return node.public_info(details=credential(request) is not None)
 
     @app.put("/v1/model")
     async def put_model(request: Request) -> dict:
@@ -77,16 +109,25 @@ def build_app(node: Any) -> Any:
         upload_id = request.headers.get("x-upload-id", "")
         if not REQUEST_ID.match(upload_id):
             raise _http(400, "header X-Upload-Id must be 32 lowercase hex digits (the same on every server)")
-        data = await _read_limited(request, node.models.max_bytes)
+        if owner in uploading:
+            raise _http(429, f"owner {owner} already has an upload in progress on this server")
+        if not parsing.acquire(blocking=False):
+            raise _http(503, f"{MAX_PARSING} uploads are being checked on this server; retry in a moment")
+        uploading.add(owner)
         try:
-            return node.models.put(owner, upload_id, data)
+            data = await _read_limited(request, node.models.max_bytes, body_timeout)
+            # checked off the event loop: the front door keeps answering meanwhile
+            return await anyio.to_thread.run_sync(node.models.put, owner, upload_id, data)
         except WireError as error:
             raise _http(400, str(error)) from None
+        finally:
+            uploading.discard(owner)
+            parsing.release()
 
     @app.get("/v1/model")
     def get_model(request: Request) -> dict:
         owner = who(request, "owner")
-        meta = node.models.meta().get(owner)
+        meta = node.model_status(owner)
         if meta is None:
             raise _http(404, f"owner {owner} has no model on this server")
         return meta
@@ -101,25 +142,31 @@ def build_app(node: Any) -> Any:
     @app.post("/v1/queries", status_code=202)
     async def post_query(request: Request) -> dict:
         client = who(request, "client")
-        body = await _read_limited(request, MAX_JSON_BYTES)
+
+        def parse_and_submit() -> str:
+            message = loads_json(body)
+            if not isinstance(message, dict) or set(message) != {"request_id", "share"}:
+                raise WireError("the body must be an object with keys request_id and share")
+            if not isinstance(message["request_id"], str):
+                raise WireError("request_id must be a string")
+            node.submit(client, message["request_id"], decode_array(message["share"], name="share"))
+            return message["request_id"]
+
+        from .node import TooManyRequests
+
         try:
-            message = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _http(400, "the body is not JSON") from None
-        if not isinstance(message, dict) or set(message) != {"request_id", "share"}:
-            raise _http(400, "the body must be an object with keys request_id and share")
-        if not isinstance(message["request_id"], str):
-            raise _http(400, "request_id must be a string")
-        try:
-            share = decode_array(message["share"], name="share")
-            node.submit(client, message["request_id"], share)
+            async with query_bodies:  # bounds the memory of bodies in flight; off the event loop to parse
+                body = await _read_limited(request, MAX_JSON_BYTES, body_timeout)
+                request_id = await anyio.to_thread.run_sync(parse_and_submit)
         except WireError as error:
             raise _http(422 if isinstance(error, ShapeError) else 400, str(error)) from None
         except LookupError as error:
             raise _http(503, str(error)) from None
         except FileExistsError as error:
             raise _http(409, str(error)) from None
-        return {"request_id": message["request_id"], "status": "pending"}
+        except TooManyRequests as error:
+            raise _http(429, str(error)) from None
+        return {"request_id": request_id, "status": "pending"}
 
     @app.get("/v1/queries/{request_id}")
     def get_query(request_id: str, request: Request) -> dict:
@@ -141,6 +188,47 @@ class FrontDoor:
         self.thread.join(timeout=5)
 
 
+def guarded_protocol(*, header_timeout: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers and a cap on open connections.
+
+    uvicorn has neither: a connection that never finishes its headers stays
+    open forever. Here the deadline is armed when the connection is made
+    (after the TLS handshake, which asyncio bounds at 60 s) and after every
+    response; a connection that has not started a new request by then is
+    closed. Connections beyond ``max_connections`` are closed at once.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.abort()  # not close(): a TLS close waits up to 30 s for the peer's close_notify
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            armed = self.cycle
+
+            def expire() -> None:
+                idle = armed is None or armed.response_complete  # not inside a (pipelined) request
+                if self.cycle is armed and idle and not self.transport.is_closing():
+                    self.transport.abort()  # no (new) request's headers within the deadline
+
+            self.loop.call_later(header_timeout, expire)
+
+        def timeout_keep_alive_handler(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.abort()  # an idle kept-alive connection: gone at once, not after a TLS close
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+    return GuardedH11Protocol
+
+
 def start_front_door(node: Any) -> FrontDoor:
     """uvicorn in a daemon thread; returns once it listens (raises if it cannot bind)."""
     import uvicorn
@@ -148,8 +236,12 @@ def start_front_door(node: Any) -> FrontDoor:
     c = node.config
     tls = {"ssl_certfile": str(c.certfile), "ssl_keyfile": str(c.keyfile)} if c.certfile else {}
     config = uvicorn.Config(build_app(node), host=c.host, port=c.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, **tls)
+                            timeout_graceful_shutdown=1, timeout_keep_alive=c.keep_alive,
+                            limit_concurrency=c.max_connections + 1,  # our cap closes connections beyond it first
+                            http=guarded_protocol(header_timeout=c.header_timeout,
+                                                  max_connections=c.max_connections), **tls)
     server = uvicorn.Server(config)
+    node.open_connections = lambda: len(server.server_state.connections)  # for health details
     thread = threading.Thread(target=server.run, name="pricure-front-door", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

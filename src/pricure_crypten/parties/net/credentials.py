@@ -46,7 +46,9 @@ def add_credential(*, role: str, identity: str, token_file: Path, data_dirs: lis
     """Register ``identity`` as ``role`` in every data dir; returns True if a new token was created.
 
     The token is read from ``token_file`` if it exists (to register the same
-    identity on another host), else generated and written there (0600).
+    identity on another host), else generated and written there (0600). A
+    token already registered for another role or identity in one of the data
+    dirs is refused (``ValueError``), before anything is written.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -54,14 +56,19 @@ def add_credential(*, role: str, identity: str, token_file: Path, data_dirs: lis
         raise ValueError(f"identity must be 1-64 letters, digits, '_', '.', '-', got {identity!r}")
     token_file = Path(token_file)
     created = not token_file.exists()
-    if created:
-        token = secrets.token_urlsafe(32)
-        _write_private(token_file, (token + "\n").encode())
-    else:
-        token = read_token(token_file)
-    for data_dir in data_dirs:
+    token = secrets.token_urlsafe(32) if created else read_token(token_file)
+    tables = []
+    for data_dir in data_dirs:  # check every data dir before writing anything
         path = Path(data_dir) / CREDENTIALS_FILE
         table = json.loads(path.read_text()) if path.exists() else {}
+        other = table.get(token_hash(token))
+        if other is not None and (other["role"], other["identity"]) != (role, identity):
+            raise ValueError(f"the token in {token_file} already belongs to {other['role']} {other['identity']} "
+                             f"in {data_dir}; refusing to reuse it for {role} {identity} (give a new --token-file)")
+        tables.append((path, table))
+    if created:
+        _write_private(token_file, (token + "\n").encode())
+    for path, table in tables:
         table = {h: v for h, v in table.items() if not (v["role"] == role and v["identity"] == identity)}
         table[token_hash(token)] = {"role": role, "identity": identity}
         _write_private(path, json.dumps(table, indent=1, sort_keys=True).encode())

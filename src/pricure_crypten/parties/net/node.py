@@ -9,15 +9,21 @@ Two threads share one :class:`Node`:
   :class:`~pricure_crypten.parties.server.ServerState` as the in-process
   mode. Every tick, server 0 proposes the next step with public metadata
   only (``broadcast_object_list``): load the owners' current uploads, or
-  compute these request ids (several clients' rows packed into one MPC
-  batch); every server answers with its vote (``all_gather_object``):
-  ``ok`` (it holds the share, the id is new, and the client's budget in
-  ITS OWN ledger has room: reserved), ``wait`` (share not here yet) or a
-  refusal. Only ids that every server accepted are computed; a refusal
-  anywhere stops the request everywhere before any MPC work, and every
-  reservation is rolled back; an id that has not reached every server
-  within ``incomplete_after`` seconds is dropped everywhere. The decision
-  is a function of the gathered votes, so all servers take the same one.
+  consider these request ids (round robin over clients, each client's in
+  arrival order). For a load, every server votes per owner and a bundle
+  that is unusable anywhere is quarantined (not loaded; its owner sees
+  why) while the others load. For requests, every server first says which
+  ids it holds (``all_gather_object``); the ids held everywhere are packed
+  into one MPC batch, skipping any that does not fit (so shares sent to some
+  servers only never block complete requests), and every server then votes
+  on those: ``ok`` (the id is new and the client's budget in ITS OWN ledger
+  has room: reserved) or a refusal. Only ids that every server accepted are
+  computed; a refusal anywhere stops the request everywhere before any MPC
+  work, and every reservation is rolled back; an id that has not reached
+  every server within ``incomplete_after`` seconds is dropped everywhere.
+  Each decision is a function of the gathered votes, so all servers take
+  the same one. A client has at most ``max_client_requests`` pending
+  requests and ``max_client_rows`` pending rows per server (HTTP 429).
 
 A failure of the MPC itself (a peer or the dealer dies, a collective times
 out) fails every request in flight (reservations rolled back: nothing was
@@ -49,7 +55,8 @@ import numpy as np
 
 from ..._validation import DEFAULT_LOGIT_BOUND
 from .credentials import CredentialTable
-from .wire import MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, ShapeError, WireError, bundle_from_bytes, encode_array
+from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, WireError,
+                   bundle_from_bytes, encode_array)
 
 logger = logging.getLogger("pricure_crypten.serve")
 
@@ -57,6 +64,12 @@ JOIN_TIMEOUT_EXIT = 3
 SETTINGS_MISMATCH_EXIT = 4
 RESULT_TTL = 600.0  # seconds a finished request's outcome stays readable
 RESTARTED = "server {rank} restarted (its MPC failed) before this request finished; nothing was charged"
+MAX_CANDIDATES = 512  # request ids server 0 proposes per tick (public metadata only)
+_LIMITS = BundleLimits()
+
+
+class TooManyRequests(RuntimeError):
+    """A client is over its cap of pending requests or rows on this server (HTTP 429); nothing was charged."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +95,26 @@ class NodeConfig:
     incomplete_after: float = 10.0  # a request not at every server by then is dropped
     max_rows: int = 256  # rows per MPC batch (dynamic batching)
     max_upload: int = MAX_BUNDLE_BYTES
+    max_params: int = _LIMITS.max_params  # int64 share elements per bundle
+    max_input_elements: int = _LIMITS.max_input_elements  # elements of one example
+    max_activation: int = _LIMITS.max_activation  # elements of any layer's output, per example
+    max_client_requests: int = 16  # pending requests per client on this server
+    max_client_rows: int = 1024  # pending rows per client on this server (at least max_rows)
+    max_connections: int = 128  # open connections to the front door
+    header_timeout: float = 10.0  # seconds to send a request's headers (also after a TLS handshake)
+    keep_alive: float = 5.0  # seconds an idle kept-alive connection stays open
+    body_timeout: float = 120.0  # seconds to send a request's body
+    log_retention: float = 30 * 86400.0  # seconds a finished request id stays in requests.sqlite3
+    log_max_entries: int = 1_000_000  # finished request ids kept at most (the oldest go first)
     tick: float = 0.1
     threads: int = 1
     provider: str = "TTP"
     argv: tuple[str, ...] = field(default=(), compare=False)  # to re-execute after an MPC failure
+
+    @property
+    def limits(self) -> BundleLimits:
+        return BundleLimits(max_bytes=self.max_upload, max_params=self.max_params,
+                            max_input_elements=self.max_input_elements, max_activation=self.max_activation)
 
     def public_settings(self) -> dict:
         """What every server must agree on (checked after joining the MPC)."""
@@ -114,14 +143,39 @@ class RequestLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, client TEXT NOT NULL, "
                          "status TEXT NOT NULL, error TEXT)")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(requests)")]
+        if "at" not in columns:  # a data dir of an older version: its ids count as claimed now
+            self._db.execute("ALTER TABLE requests ADD COLUMN at REAL NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE requests SET at = ?", (time.time(),))
+        self._db.execute("CREATE INDEX IF NOT EXISTS requests_at ON requests (at)")
 
     def claim(self, request_id: str, client: str) -> bool:
         with self._lock:
             try:
-                self._db.execute("INSERT INTO requests VALUES (?, ?, 'pending', NULL)", (request_id, client))
+                self._db.execute("INSERT INTO requests (id, client, status, error, at) VALUES (?, ?, 'pending', "
+                                 "NULL, ?)", (request_id, client, time.time()))
                 return True
             except sqlite3.IntegrityError:
                 return False
+
+    def prune(self, *, retention: float, max_entries: int) -> int:
+        """Forget finished ids older than ``retention`` seconds, and the oldest beyond ``max_entries``.
+
+        A forgotten id could be submitted again by its client; it is then a
+        new request, answered and charged like any other.
+        """
+        with self._lock:
+            gone = self._db.execute("DELETE FROM requests WHERE status != 'pending' AND at < ?",
+                                    (time.time() - retention,)).rowcount
+            extra = self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] - max_entries
+            if extra > 0:
+                gone += self._db.execute("DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE status "
+                                         "!= 'pending' ORDER BY at LIMIT ?)", (extra,)).rowcount
+            return gone
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
     def finish(self, request_id: str, status: str, error: Optional[str] = None) -> None:
         with self._lock:
@@ -139,26 +193,26 @@ class RequestLog:
 
 
 class ModelStore:
-    """The owners' share bundles on disk (``models/OWNER.npz`` + ``.json``); on their own, uniformly random."""
+    """The owners' share bundles on disk (``models/OWNER.npz`` + ``.json``); on their own, uniformly random.
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    A bundle is checked completely (:func:`~.wire.bundle_from_bytes` with this
+    server's :class:`~.wire.BundleLimits`) before it is stored, and again when
+    it is loaded: a stored bundle that fails then is reported, never raised.
+    """
+
+    def __init__(self, directory: Path, limits: BundleLimits) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.max_bytes = limits.max_bytes
         self._lock = threading.Lock()
 
     def meta(self) -> dict[str, dict]:
         with self._lock:
-            out = {}
-            for path in sorted(self.dir.glob("*.json")):
-                try:
-                    out[path.stem] = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-            return out
+            return self._meta_unlocked()
 
     def put(self, owner: str, upload_id: str, data: bytes) -> dict:
-        bundle, shape, classes = bundle_from_bytes(data, owner=owner, max_bytes=self.max_bytes)  # checks first
+        bundle, shape, classes = bundle_from_bytes(data, owner=owner, limits=self.limits)  # checks first
         with self._lock:
             for other, meta in self._meta_unlocked().items():
                 if other != owner and (tuple(meta["input_shape"]) != shape or meta["num_classes"] != classes):
@@ -176,7 +230,7 @@ class ModelStore:
 
     def _meta_unlocked(self) -> dict[str, dict]:
         out = {}
-        for path in self.dir.glob("*.json"):
+        for path in sorted(self.dir.glob("*.json")):
             try:
                 out[path.stem] = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -190,24 +244,25 @@ class ModelStore:
                 (self.dir / f"{owner}{suffix}").unlink(missing_ok=True)
             return found
 
-    def load(self, wanted: list[tuple[str, str]]) -> Optional[list[Any]]:
-        """The bundles of exactly these (owner, upload id) pairs, or None if this server lacks one."""
+    def load(self, wanted: list[tuple[str, str]]) -> dict[str, Any]:
+        """For each (owner, upload id): its bundle, None if this server lacks that upload, or why it is unusable."""
+        out: dict[str, Any] = {}
         with self._lock:
-            bundles = []
             for owner, upload_id in wanted:
                 try:
                     meta = json.loads((self.dir / f"{owner}.json").read_text())
                     if meta["upload_id"] != upload_id:
-                        return None
+                        out[owner] = None
+                        continue
                     data = (self.dir / f"{owner}.npz").read_bytes()
-                except (OSError, ValueError, KeyError):
-                    return None
+                except (OSError, ValueError, KeyError, TypeError):
+                    out[owner] = None
+                    continue
                 try:
-                    bundles.append(bundle_from_bytes(data, owner=owner, max_bytes=1 << 62)[0])
-                except WireError:
-                    logger.error("the stored bundle of owner %s is unreadable; not loading it", owner)
-                    return None
-            return bundles
+                    out[owner] = bundle_from_bytes(data, owner=owner, limits=self.limits)[0]
+                except WireError as error:
+                    out[owner] = f"the stored bundle is refused: {error}"
+        return out
 
 
 class Node:
@@ -218,7 +273,7 @@ class Node:
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.credentials = CredentialTable(data)
-        self.models = ModelStore(data / "models", config.max_upload)
+        self.models = ModelStore(data / "models", config.limits)
         self.log = RequestLog(data / "requests.sqlite3")
         restarted = self.log.fail_unfinished(RESTARTED.format(rank=config.rank))
         if restarted:
@@ -227,6 +282,9 @@ class Node:
         self.pending: dict[str, Pending] = {}
         self.mpc_state = "joining"
         self.loaded: list[tuple[str, str]] = []
+        self.considered: list[tuple[str, str]] = []  # the uploads the last load decided on (loaded or not)
+        self.quarantined: dict[str, dict] = {}  # owner -> {"upload_id", "reason"}: not loaded, others unaffected
+        self._next_prune = 0.0
         self.input_shape: Optional[tuple[int, ...]] = None
         self.num_classes: Optional[int] = None
         self.batches = 0
@@ -248,17 +306,35 @@ class Node:
 
     # -- front door side --
 
-    def public_info(self) -> dict:
+    def public_info(self, details: bool = True) -> dict:
+        """Liveness for anyone; with ``details`` (a valid credential) owners, shapes and traffic too."""
+        if not details:
+            with self.lock:
+                return {"alive": True, "rank": self.config.rank, "mpc": self.mpc_state}
         meta = self.models.meta()
         first = next(iter(meta.values()), None)
         with self.lock:
-            return {"rank": self.config.rank, "servers": self.config.servers, "mpc": self.mpc_state,
+            return {"alive": True, "rank": self.config.rank, "servers": self.config.servers, "mpc": self.mpc_state,
                     "owners_loaded": [o for o, _ in self.loaded], "owners_stored": sorted(meta),
                     "input_shape": first["input_shape"] if first else None,
                     "num_classes": first["num_classes"] if first else None,
                     "pending": sum(p.status == "pending" for p in self.pending.values()),
+                    "owners_quarantined": sorted(self.quarantined),
+                    "connections": self.open_connections(),
                     "batches": self.batches, "totals": dict(self.totals),
                     "settings": self.config.public_settings()}
+
+    def model_status(self, owner: str) -> Optional[dict]:
+        """An owner's view of its own upload on this server: metadata and whether it is loaded or quarantined."""
+        meta = self.models.meta().get(owner)
+        if meta is None:
+            return None
+        with self.lock:
+            loaded = (owner, meta.get("upload_id")) in self.loaded
+            bad = self.quarantined.get(owner)
+        if bad is not None and bad["upload_id"] == meta.get("upload_id"):
+            return dict(meta, status="quarantined", reason=bad["reason"])
+        return dict(meta, status="loaded" if loaded else "stored (not loaded yet)")
 
     def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
         if not REQUEST_ID.match(request_id):
@@ -273,9 +349,18 @@ class Node:
         if share.shape[0] > min(MAX_QUERY_ROWS, self.config.max_rows):
             raise ShapeError(f"at most {min(MAX_QUERY_ROWS, self.config.max_rows)} rows per request, "
                             f"got {share.shape[0]}")
-        if not self.log.claim(request_id, client):
-            raise FileExistsError(f"request id {request_id} was already used: a replayed request is refused")
-        with self.lock:
+        c = self.config
+        with self.lock:  # the caps and the claim together: concurrent requests cannot overshoot them
+            mine = [p for p in self.pending.values() if p.client == client and p.status == "pending"]
+            rows = sum(p.share.shape[0] for p in mine)
+            if len(mine) >= c.max_client_requests:
+                raise TooManyRequests(f"client {client} already has {len(mine)} pending requests on server "
+                                      f"{c.rank} (the limit); wait for their answers")
+            if rows + share.shape[0] > max(c.max_client_rows, c.max_rows):
+                raise TooManyRequests(f"client {client} already has {rows} pending rows on server {c.rank}; "
+                                      f"{share.shape[0]} more exceed the limit {max(c.max_client_rows, c.max_rows)}")
+            if not self.log.claim(request_id, client):
+                raise FileExistsError(f"request id {request_id} was already used: a replayed request is refused")
             self.pending[request_id] = Pending(client, share, time.monotonic())
 
     def result(self, client: str, request_id: str) -> Optional[dict]:
@@ -315,28 +400,33 @@ class Node:
         for rid in stale:  # never proposed by server 0 (it never reached it): dropped here too
             self._finish(rid, "failed", error="the request did not reach every server in time; dropped, "
                                               "nothing charged")
+        if now >= self._next_prune:
+            self._next_prune = now + 60.0
+            gone = self.log.prune(retention=self.config.log_retention, max_entries=self.config.log_max_entries)
+            if gone:
+                logger.info("forgot %d finished request ids (retention)", gone)
 
     def _proposal(self) -> dict:
         meta = self.models.meta()
         wanted = sorted((owner, m["upload_id"]) for owner, m in meta.items())
         now = time.monotonic()
-        if wanted != self.loaded and now >= getattr(self, "_next_load_try", 0.0):
+        if wanted != self.considered and now >= getattr(self, "_next_load_try", 0.0):
             self._next_load_try = now + 1.0
             return {"op": "load", "models": wanted}
-        ids, rows = [], 0
+        queues: dict[str, list] = {}
         with self.lock:
             for rid, item in self.pending.items():  # insertion order = arrival order at server 0
-                if item.status != "pending":
-                    continue
-                n = item.share.shape[0]
-                if ids and rows + n > self.config.max_rows:
-                    break
-                ids.append((rid, item.client, list(item.share.shape)))
-                rows += n
-        return {"op": "predict", "ids": ids} if ids else {"op": "idle"}
+                if item.status == "pending":
+                    queues.setdefault(item.client, []).append((rid, item.client, list(item.share.shape)))
+        ids: list = []  # round robin over clients, each client's requests in arrival order
+        for turn in range(max((len(q) for q in queues.values()), default=0)):
+            ids.extend(q[turn] for q in queues.values() if turn < len(q))
+        if not ids:
+            return {"op": "idle"}
+        return {"op": "predict", "ids": ids[:MAX_CANDIDATES], "max_rows": self.config.max_rows}
 
-    def _vote_predict(self, ids: list) -> tuple[list, dict]:
-        """This server's vote on each proposed id, and the reservations it made."""
+    def _vote_predict(self, ids: list, reserve: bool = True) -> tuple[list, dict]:
+        """This server's vote on each proposed id, and the reservations it made (``reserve=False``: none)."""
         from ...privacy.accounting.errors import BudgetExceededError
 
         votes, spends = [], {}
@@ -360,6 +450,8 @@ class Node:
                               age))
             elif self.aggregation_ready is False:
                 votes.append(("refuse", "no owner models are loaded", age))
+            elif not reserve:
+                votes.append(("ok", None, age))
             else:
                 spend = self.ledger.spend(client, self.mechanism, queries=shape[0])
                 try:
@@ -380,14 +472,27 @@ class Node:
         if proposal["op"] == "idle":
             return
         if proposal["op"] == "load":
-            wanted = [tuple(x) for x in proposal["models"]]
-            bundles = self.models.load(wanted)
-            votes: list = [None] * self.config.servers
-            dist.all_gather_object(votes, bundles is not None, group=group)
-            if all(votes):
-                self._load(state, wanted, bundles)
+            self._agree_and_load(state, dist, group, [tuple(x) for x in proposal["models"]])
             return
+        # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here;
+        # the others are packed in the proposed (fair) order, skipping any that does not fit the batch.
         ids = proposal["ids"]
+        have, _ = self._vote_predict(ids, reserve=False)
+        votes: list = [None] * self.config.servers
+        dist.all_gather_object(votes, have, group=group)
+        chosen, rows = [], 0
+        for index, entry in enumerate(ids):
+            column = [v[index] for v in votes]
+            if all(c[0] == "ok" for c in column):
+                if rows + entry[2][0] <= proposal.get("max_rows", self.config.max_rows):  # server 0's, for all
+                    chosen.append(entry)
+                    rows += entry[2][0]
+            else:
+                self._settle(entry, column)
+        if not chosen:
+            return
+        # phase 2: the chosen ids, with reservations in every server's own ledger
+        ids = chosen
         mine, spends = self._vote_predict(ids)
         try:
             self._decide_and_run(state, dist, group, ids, mine, spends)
@@ -398,6 +503,21 @@ class Node:
                     self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing was "
                                                       "revealed or charged")
             raise
+
+    def _settle(self, entry: tuple, column: list) -> None:
+        """An id not every server accepted: refused -> failed everywhere; missing too long -> dropped everywhere."""
+        rid, client, _ = entry
+        refusals = [c[1] for c in column if c[0] == "refuse"]
+        if refusals:
+            self._finish(rid, "failed", error="refused: " + "; ".join(sorted(set(refusals))))
+        elif max(c[2] for c in column) > self.config.incomplete_after:
+            waiting = [str(r) for r, c in enumerate(column) if c[0] == "wait"]
+            error = (f"the query share did not reach server(s) {', '.join(waiting)} within "
+                     f"{self.config.incomplete_after:g} s; dropped on every server, nothing charged")
+            if self.log.lookup(rid) is None:  # a late share is then refused as a replay
+                self.log.claim(rid, client)
+            self._finish(rid, "failed", error=error)
+            self.log.finish(rid, "failed", error)
 
     def _decide_and_run(self, state: Any, dist: Any, group: Any, ids: list, mine: list, spends: dict) -> None:
         votes = [None] * self.config.servers
@@ -412,17 +532,7 @@ class Node:
             spend = spends.pop(rid, None)
             if spend is not None:
                 spend.cancel()  # refused or incomplete: nothing charged
-            refusals = [c[1] for c in column if c[0] == "refuse"]
-            if refusals:
-                self._finish(rid, "failed", error="refused: " + "; ".join(sorted(set(refusals))))
-            elif max(c[2] for c in column) > self.config.incomplete_after:
-                waiting = [str(r) for r, c in enumerate(column) if c[0] == "wait"]
-                error = (f"the query share did not reach server(s) {', '.join(waiting)} within "
-                         f"{self.config.incomplete_after:g} s; dropped on every server, nothing charged")
-                if self.log.lookup(rid) is None:  # a late share is then refused as a replay
-                    self.log.claim(rid, client)
-                self._finish(rid, "failed", error=error)
-                self.log.finish(rid, "failed", error)
+            self._settle((rid, client, shape), column)
         if not run:
             return
         with self.lock:
@@ -445,6 +555,79 @@ class Node:
 
     aggregation_ready: Optional[bool] = False
     mechanism: Any = None
+    open_connections: Any = staticmethod(lambda: None)  # set by the front door
+
+    def _check_buildable(self, bundle: Any) -> Optional[str]:
+        """None if this owner's network alone builds on this server (local, no communication), else why not."""
+        from ...mpc.inference import StackedNetwork
+        from ..owner import stack_shares
+
+        try:
+            StackedNetwork(stack_shares([bundle]), 1)
+        except Exception as error:  # noqa: BLE001 - reported as the quarantine reason
+            return f"the stored model cannot be built: {type(error).__name__}: {str(error)[:300]}"
+        return None
+
+    def _agree_and_load(self, state: Any, dist: Any, group: Any, wanted: list[tuple[str, str]]) -> None:
+        """All servers agree, owner by owner, on what to load; a bundle bad on any server is quarantined.
+
+        Each server votes per owner: ``ok``, ``missing`` (this server lacks
+        that upload: nothing is loaded yet, as before) or a reason it is
+        unusable (unreadable or refused on disk, or its network does not
+        build). The owners every server accepts are loaded; the others are
+        quarantined with the reason (visible to that owner), and the other
+        owners keep working. Should loading the agreed set still fail on some
+        server, every server falls back to the owners it had loaded before and
+        quarantines the new ones: never a crash, never a restart loop.
+        """
+        found = self.models.load(wanted)
+        mine = {}
+        for owner, _ in wanted:
+            item = found.get(owner)
+            if item is None:
+                mine[owner] = "missing"
+            elif isinstance(item, str):
+                mine[owner] = f"server {self.config.rank}: {item}"
+            else:
+                problem = self._check_buildable(item)
+                mine[owner] = "ok" if problem is None else f"server {self.config.rank}: {problem}"
+        votes: list = [None] * self.config.servers
+        dist.all_gather_object(votes, mine, group=group)
+        bad = {owner: "; ".join(sorted({v[owner] for v in votes if v[owner] not in ("ok", "missing")}))
+               for owner, _ in wanted}
+        bad = {owner: reason for owner, reason in bad.items() if reason}
+        upload = dict(wanted)
+        with self.lock:
+            for owner, reason in bad.items():
+                if self.quarantined.get(owner, {}).get("upload_id") != upload[owner]:
+                    logger.error("quarantined the upload %s of owner %s (not loaded): %s", upload[owner], owner,
+                                 reason)
+            # only current uploads are quarantined: a withdrawn or replaced one is forgotten
+            self.quarantined = {owner: {"upload_id": upload[owner], "reason": reason} for owner, reason in bad.items()}
+        if any(v[o] == "missing" for v in votes for o, _ in wanted if o not in bad):
+            return  # an upload has not reached every server yet: retried (server 0 proposes again)
+        good = [(o, u) for o, u in wanted if o not in bad]
+        ok = True
+        try:
+            self._load(state, good, [found[o] for o, _ in good])
+        except Exception as error:  # noqa: BLE001 - local: agreed on below
+            ok = False
+            logger.error("loading %d owners failed: %s: %s", len(good), type(error).__name__, str(error)[:300])
+        flags: list = [None] * self.config.servers
+        dist.all_gather_object(flags, ok, group=group)
+        if not all(flags):
+            before = [(o, u) for o, u in good if (o, u) in self.loaded]
+            reason = "the servers could not load this upload together with the other owners' models"
+            with self.lock:
+                for owner, upload_id in good:
+                    if (owner, upload_id) not in before:
+                        self.quarantined[owner] = {"upload_id": upload_id, "reason": reason}
+            try:
+                self._load(state, before, [found[o] for o, _ in before])
+            except Exception:  # noqa: BLE001 - even the previous set fails: serve no model rather than crash
+                self._load(state, [], [])
+        with self.lock:
+            self.considered = list(wanted)
 
     def _load(self, state: Any, wanted: list[tuple[str, str]], bundles: list[Any]) -> None:
         from ...privacy.noise import calibrate

@@ -8,8 +8,12 @@ one reconstruction, as in library mode.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -23,11 +27,57 @@ class RemoteError(RuntimeError):
     """A request failed or was refused; the text says where and why. Nothing was revealed."""
 
 
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,200}$")  # what 'pricure admin add' writes (secrets.token_urlsafe)
+INSECURE_HTTP_ENV = "PRICURE_TEST_ONLY_ALLOW_HTTP"
+
+
 def _token(credential: Union[str, Path]) -> str:
-    path = Path(credential)
-    if len(str(credential)) < 200 and path.is_file():
-        return path.read_text().strip()
-    return str(credential).strip()
+    """The bearer token: the credential itself, or read from its token file.
+
+    A :class:`~pathlib.Path`, or a string that does not look like a token,
+    is a token file and must exist: a missing file is an error naming it,
+    never sent to a server as if it were the token.
+    """
+    text = str(credential).strip()
+    if not isinstance(credential, Path) and TOKEN.match(text) and not Path(text).is_file():
+        return text
+    path = Path(credential).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"the token file {path} does not exist (create it with 'pricure admin add "
+                                "--token-file ...')")
+    token = path.read_text().strip()
+    if not TOKEN.match(token):
+        raise ValueError(f"the token file {path} does not hold a token (expected one line written by "
+                         "'pricure admin add')")
+    return token
+
+
+def _ca_file(ca: Union[str, Path]) -> str:
+    """The CA certificate: a ``ca.pem``, or the directory 'pricure admin ca --out' made (its ca.pem)."""
+    path = Path(ca).expanduser()
+    if path.is_dir() and (path / "ca.pem").is_file():
+        path = path / "ca.pem"
+    if not path.is_file():
+        raise FileNotFoundError(f"the CA certificate {path} does not exist (it is ca.pem in the directory "
+                                "made by 'pricure admin ca --out DIR')")
+    return str(path)
+
+
+def _url(server: str, *, allow_insecure_http: bool) -> str:
+    server = server.strip().rstrip("/")
+    if "://" not in server:
+        return f"https://{server}"
+    scheme = server.split("://", 1)[0].lower()
+    if scheme == "https":
+        return server
+    if scheme == "http" and allow_insecure_http:
+        message = (f"TEST ONLY: sending a bearer token and query shares to {server} over plain http (no TLS); "
+                   "never do this outside a test")
+        warnings.warn(message, stacklevel=3)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        return server
+    raise ValueError(f"refusing the server address {server!r}: only https:// (or HOST:PORT) is accepted; the "
+                     "bearer token and the shares must not travel in cleartext")
 
 
 def _detail(response: Any) -> str:
@@ -39,16 +89,20 @@ def _detail(response: Any) -> str:
 
 class _Servers:
     def __init__(self, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, allow_insecure_http: bool = False) -> None:
         import httpx
 
         if len(servers) < 2:
             raise ValueError(f"need the addresses of N >= 2 servers, got {list(servers)}")
-        self.urls = [s.rstrip("/") if "://" in s else f"https://{s}" for s in servers]
+        insecure = allow_insecure_http and os.environ.get(INSECURE_HTTP_ENV) == "1"
+        if allow_insecure_http and not insecure:
+            raise ValueError(f"allow_insecure_http=True is test-only: it also needs the environment variable "
+                             f"{INSECURE_HTTP_ENV}=1")
+        self.urls = [_url(s, allow_insecure_http=insecure) for s in servers]
         token = _token(credential)
         import ssl
 
-        verify: Any = ssl.create_default_context(cafile=str(ca)) if ca is not None else True
+        verify: Any = ssl.create_default_context(cafile=_ca_file(ca)) if ca is not None else True
         self.http = [httpx.Client(base_url=u, verify=verify, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(connect_timeout, connect=connect_timeout))
                      for u in self.urls]
@@ -75,11 +129,17 @@ class RemoteEnsemble:
         credential: the client's bearer token, or the path of its token file.
         ca: the deployment CA certificate (``ca.pem``) the servers are verified against.
         timeout: bound in seconds on one prediction, from submission to the last label share.
+        allow_insecure_http: TEST ONLY: accept ``http://`` addresses (token and shares in cleartext); it
+            also needs the environment variable ``PRICURE_TEST_ONLY_ALLOW_HTTP=1`` and warns loudly.
+
+    Raises ``ValueError`` for an ``http://`` address, ``FileNotFoundError``
+    naming a missing token file or CA certificate.
     """
 
     def __init__(self, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
-                 timeout: float = 60.0, poll: float = 0.05) -> None:
-        self._servers = _Servers(servers, credential, ca, connect_timeout=min(10.0, timeout))
+                 timeout: float = 60.0, poll: float = 0.05, allow_insecure_http: bool = False) -> None:
+        self._servers = _Servers(servers, credential, ca, connect_timeout=min(10.0, timeout),
+                                 allow_insecure_http=allow_insecure_http)
         self.num_servers = len(self._servers.urls)
         self.timeout, self.poll = timeout, poll
         self.client = Client("remote")
