@@ -444,7 +444,10 @@ def roc_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
                   **{t: shades[i] for i, t in enumerate(private)}}
         cols = 3
         rows_n = math.ceil(len(attacks) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.9 * rows_n + 1.0), squeeze=False)
+        legend_rows = math.ceil((len(targets) + 1) / 4)
+        legend_inches = 0.3 * legend_rows + 0.15
+        height = 3.9 * rows_n + legend_inches + 0.5
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, height), squeeze=False)
         for ax, attack in zip(axes.flat, attacks):
             panel = [r for r in group if r["attack"] == attack]
             repeated = attack == "repeated"
@@ -470,7 +473,7 @@ def roc_plots(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
         fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=9, frameon=False)
         fig.suptitle(f"Label-only membership inference: {dataset}, {recipe} owners ({len(group)} curves)",
                      fontsize=12)
-        fig.tight_layout(rect=(0, 0.9 / (3.9 * rows_n + 1.0) + 0.03 * math.ceil(len(handles) / 4), 1, 0.97))
+        fig.tight_layout(rect=(0, legend_inches / height, 1, 1 - 0.45 / height))
         name = f"mia_roc_{dataset}_{recipe}.png"
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
@@ -496,6 +499,8 @@ def mia_markdown(rows: Sequence[dict[str, Any]]) -> str:
         eps = _num(r["total_epsilon"])
         if math.isinf(eps):
             return "∞ (no noise)"
+        if _num(r["client_queries"]) == 0:
+            return "0 (no query answered)"
         return f"{eps:.3g} ({r['total_accountant']}, {f(r['client_queries'], '.0f')} queries)"
 
     lines = ["## Membership inference (label-only)", "",

@@ -58,8 +58,8 @@ epsilon above the ceiling says nothing; report the ceiling with the bound.
 **Independence.** Clopper-Pearson treats each record as an independent
 Bernoulli trial. That is exact in Jagielski et al.'s setting (one training
 run per trial); here the records of one evaluation share one training run, and
-the per-record DP guarantee applies to each record's membership with the
-others held fixed. Steinke, Nasr & Jagielski ("Privacy Auditing with One (1)
+the DP guarantee (the client's total epsilon) holds for each record's
+membership with the others held fixed. Steinke, Nasr & Jagielski ("Privacy Auditing with One (1)
 Training Run", NeurIPS 2023) show that counts of correct guesses over records
 whose membership was decided at random are dominated by the independent case
 for pure DP; for (eps, delta) and our TPR/FPR split this is the standard,
