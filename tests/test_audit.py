@@ -33,7 +33,7 @@ import pytest
 from scipy import optimize, stats
 
 from pricure_crypten.experiments.attacks.audit import (
-    AuditResult, clopper_pearson, empirical_epsilon, epsilon_from_rates, max_refutable_epsilon)
+    AuditResult, clopper_pearson, empirical_epsilon, epsilon_from_rates, max_refutable_epsilon, select_threshold)
 
 DELTA = 1e-5
 
@@ -122,6 +122,18 @@ def test_a_given_threshold_is_tested_on_all_records():
     result = empirical_epsilon(is_member, is_member.astype(float), delta=DELTA, threshold=0.5)
     assert result.selection == "given" and (result.members, result.non_members) == (233, 233)
     assert result.epsilon_lower == pytest.approx(max_refutable_epsilon(233, 233, delta=DELTA))
+
+
+def test_a_threshold_selected_on_other_records_audits_all_of_these():
+    """Selection on independent records (the attacker's shadows, say), then one test on all 233 + 233."""
+    shadow_member, shadow_scores = randomized_response(4.0, 233, 233, seed=1)
+    threshold = select_threshold(shadow_member, shadow_scores, delta=DELTA)
+    assert threshold == 1.0  # "answered 1": the only informative rule
+    is_member, scores = randomized_response(4.0, 233, 233, seed=2)
+    full = empirical_epsilon(is_member, scores, delta=DELTA, threshold=threshold)
+    half = empirical_epsilon(is_member, scores, delta=DELTA, seed=2)
+    assert (full.members, full.non_members) == (233, 233) and full.max_refutable > half.max_refutable
+    assert 1.0 < full.epsilon_lower <= 4.0 + 0.5  # refutes eps 1; near, and (at 95%) not far above, the true 4
 
 
 def test_a_random_attack_refutes_nothing():

@@ -19,7 +19,7 @@ The ART dependency (``adversarial-robustness-toolbox``) is imported only by
 :mod:`.boundary`, when the attack runs.
 """
 
-from .audit import AuditResult, empirical_epsilon, max_refutable_epsilon
+from .audit import AuditResult, empirical_epsilon, max_refutable_epsilon, select_threshold
 from .augmentation import AugmentationAttack
 from .base import LabelOnlyAttack
 from .boundary import BoundaryAttack, art_classifier
@@ -39,5 +39,5 @@ __all__ = [
     "MembershipSplit", "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "TotalEpsilon", "art_classifier",
     "auc", "balanced_accuracy", "best_threshold", "calibrate_on_shadows", "check_dp_bound", "client_total_epsilon",
     "composed_epsilon", "dp_tpr_bound", "empirical_epsilon", "evaluate", "make_split", "max_refutable_epsilon",
-    "min_non_members", "roc", "shadow_split", "tpr_at_fpr", "train_overfit",
+    "min_non_members", "roc", "select_threshold", "shadow_split", "tpr_at_fpr", "train_overfit",
 ]

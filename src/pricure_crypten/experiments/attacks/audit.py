@@ -47,8 +47,8 @@ the same records would be a multiple-comparison error. Three modes:
   quantiles, chosen without the labels) is tested on all records, each at
   confidence ``1 - (1 - confidence) / T`` (Bonferroni over T thresholds).
 * ``threshold=t`` given: that single threshold, which must have been chosen
-  without these labels (e.g. on the attacker's shadow owners), is tested on
-  all records.
+  without these labels (e.g. by :func:`select_threshold` on the attacker's
+  shadow owners), is tested on all records.
 
 **The sample-size ceiling.** Even a perfect attack (every member above every
 non-member) only refutes epsilons below :func:`max_refutable_epsilon`: with
@@ -214,6 +214,20 @@ def _best_level(s: np.ndarray, y: np.ndarray, levels: np.ndarray, *, delta: floa
     return epsilon_from_rates(tpr_ci[0], fpr_ci[1], delta=delta), i, tpr_ci, fpr_ci
 
 
+def select_threshold(is_member, scores, *, delta: float) -> float:
+    """The threshold that :func:`empirical_epsilon` would pick on these (SELECTION) records.
+
+    The distinct score whose rule "member iff score >= t" has the largest
+    bound at 50% confidence (near the point estimate, without the infinite
+    values of raw ratios). Use it on records the audit will NOT test (e.g. the
+    attacker's shadow owners) and pass it as ``empirical_epsilon(..., threshold=t)``
+    to audit ALL the evaluation records at a single threshold.
+    """
+    y, s = _check_labels_scores(is_member, scores)
+    levels = np.unique(s)
+    return float(levels[_best_level(s, y, levels, delta=_check_delta(delta), confidence=0.5)[1]])
+
+
 def _stratified_halves(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     pick, rest = [], []
@@ -268,9 +282,7 @@ def empirical_epsilon(
                 or not 0 < selection_fraction < 1:
             raise ValueError(f"selection_fraction must be a number in (0, 1), got {selection_fraction!r}")
         pick, rest = _stratified_halves(y, float(selection_fraction), check_int(seed, name="seed", minimum=0))
-        candidates = np.unique(s[pick])
-        _, i, _, _ = _best_level(s[pick], y[pick], candidates, delta=delta, confidence=0.5)
-        levels, tests, mode = candidates[i:i + 1], 1, "split"
+        levels, tests, mode = np.array([select_threshold(y[pick], s[pick], delta=delta)]), 1, "split"
         audit_y, audit_s = y[rest], s[rest]
     elif selection == "union":
         levels = np.unique(s)
