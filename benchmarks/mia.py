@@ -127,12 +127,21 @@ def _arch(dataset) -> dict[str, Any]:
     return default_architecture(dataset)
 
 
+HELD_OUT = 0.2
+
+
+def attacker_fraction(owners: int) -> float:
+    """The attacker's share of the training split: at least 0.2, and enough for three shards of the target's
+    size (shadow non-members, shadow owner 0, the other shadow owners drawn from the rest), with 5% to spare:
+    ``a >= 3 (1 - held_out - a) / K``. K = 10: 0.2 (the owners keep 60%); K = 5: 0.315."""
+    return round(max(0.2, 1.05 * 3 * (1 - HELD_OUT) / (owners + 3)), 3)
+
+
 def prepare(name: str, recipe_kind: str, grid: MiaGrid, *, root: Path, seed: int) -> Prepared:
     dataset = load_dataset(name, root=root, seed=seed)
     labels = dataset.train_y.numpy()
-    # 35% for the attacker: enough for K shadow owners of the target's shard size (the others may overlap)
-    split = make_split(labels, num_owners=grid.owners, scheme="iid", held_out_fraction=0.2, attacker_fraction=0.35,
-                       max_members=grid.max_members, seed=seed)
+    split = make_split(labels, num_owners=grid.owners, scheme="iid", held_out_fraction=HELD_OUT,
+                       attacker_fraction=attacker_fraction(grid.owners), max_members=grid.max_members, seed=seed)
     recipe = Recipe(arch=_arch(dataset), kind=recipe_kind, epochs=grid.epochs, lr=3e-3)
     models = recipe.train_all(dataset.train_x, dataset.train_y, split.parts, seed=seed)
     pool = split.attacker  # the attacker's own data: shadow owner 0's shard are its known members

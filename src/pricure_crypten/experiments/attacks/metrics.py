@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from ..._validation import check_int
