@@ -27,9 +27,11 @@ training record can change owner 0's vote on ANY query, so every query costs
 every record), at delta 1e-5, with the accountant named
 (``total_accountant``: PLD via "auto", or RDP above 20,000 queries).
 
-Columns: the metrics with bootstrap 95% intervals (TPR at 1% / 0.1% FPR are
-empty, NaN, when there are fewer than 100 / 1000 non-members: not
-measurable); ``client_queries``, ``total_epsilon``/``total_delta``/
+Columns: ``epsilon`` is the per-query epsilon the target's noise is
+calibrated for (a parameter, not the guarantee: see ``total_epsilon``); the
+metrics with bootstrap 95% intervals (TPR at 1% / 0.1% FPR are NaN
+when there are fewer than 100 / 1000 non-members: not measurable);
+``client_queries``, ``total_epsilon``/``total_delta``/
 ``total_accountant``; the empirical audit
 (:func:`~pricure_crypten.experiments.attacks.empirical_epsilon`, 95%,
 threshold chosen on half of the records and tested on the other half):
@@ -37,9 +39,10 @@ threshold chosen on half of the records and tested on the other half):
 largest epsilon ANY attack could refute on that audit half: a "not refuted"
 above it is vacuous), ``refuted`` (empirical > total: the claimed guarantee
 is false); the target's test accuracy, and ``roc`` (the curve, downsampled,
-as "fpr:tpr" pairs) from which the PNGs are drawn. ``mpc_fidelity`` rows
-compare the MPC path with the simulation on the same queries (chi-square on
-the label counts) and give the gap attack through MPC.
+as "fpr:tpr" pairs) from which the PNGs are drawn. The
+``private_ensemble_mpc`` rows compare the MPC path with the simulation on
+the same queries (chi-square on the label counts) and give the gap attack
+through MPC.
 """
 
 from __future__ import annotations
