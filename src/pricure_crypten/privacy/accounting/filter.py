@@ -36,10 +36,13 @@ refuses, and refuses forever after for that mechanism.
 Soundness (what is proven, and by whom).
 
 1. Single fixed order (K = 1): Feldman & Zrnic 2021, "Individual Privacy
-   Accounting via a Rényi Filter" (NeurIPS 2021), Theorem 3.1 (the Rényi
-   filter): if each mechanism is (a, r_t)-RDP, with r_t chosen from the past
-   outputs, and ``sum_t r_t <= B`` holds with probability one, then the whole
-   adaptive interaction is (a, B)-RDP. The rule above enforces that sum.
+   Accounting via a Rényi Filter" (NeurIPS 2021, arXiv:2008.11193), the
+   adaptive composition theorem of their Section 3 (Theorem 3.1 of the arXiv
+   version, as we read it; the statement relied on is this one): if each
+   mechanism is (a, r_t)-RDP, with r_t a function of the past outputs, and
+   ``sum_t r_t <= B`` holds with probability one, then the whole adaptive
+   interaction is (a, B)-RDP. The rule above enforces that sum. The order
+   ``a`` is fixed before the interaction.
 2. Finite order set (K > 1), the variant implemented here: for each order
    ``a`` let the *a-truncation* be the interaction that additionally stops
    before any mechanism that would take ``S(a)`` above ``B(a)``. It is a
@@ -51,9 +54,11 @@ Soundness (what is proven, and by whom).
    ``(1 - e^(eps - L))_+ <= sum_a (1 - e^(eps - L_a))_+`` pointwise (at least
    one indicator is one), and taking expectations gives hockey-stick
    divergence ``<= K * delta / K = delta``: the interaction is (eps, delta)-DP.
-   This union bound over orders is the multi-order filter of Lécuyer 2021,
-   "Practical Privacy Filters and Odometers with Rényi Differential Privacy"
-   (arXiv:2103.01379); the price is the ``delta / K`` in ``B(a)``.
+   The argument is written out here and relies only on (1) and the
+   conversion; multi-order RDP filters of this union-bound kind are also
+   discussed by Lécuyer 2021, "Practical Privacy Filters and Odometers with
+   Rényi Differential Privacy" (arXiv:2103.01379), which we cite as related
+   work, not as the source of this proof. The price is the ``delta / K``.
    NOT sound: using ``delta`` (not ``delta / K``) per order with the "there
    is an order" rule, or choosing the order set after seeing the outcomes.
 

@@ -16,6 +16,14 @@ Protocol (the order is what makes a crash over-count, never under-count)::
         spend.confirm()             # row 'answered', committed
     client.reconstruct(shares)      # only now is anything revealed
 
+Answered-only Confident-GNMax (accountant ``"rdp-filter"`` only):
+``ledger.spend_answered_only(...)`` reserves the WORST case (both steps for
+every query) and ``spend.confirm(answered=k)`` settles the outcome (the
+other queries are charged the threshold step only); see :mod:`.outcome`
+for the protocol and what it reveals, :mod:`.filter` for why only a
+privacy filter may compose these charges. A ledger holding such spends
+refuses to be composed by any other accountant.
+
 A process killed at any point leaves either nothing (before the reservation
 commits: nothing was computed) or a 'reserved'/'answered' row that keeps
 counting after a restart. Only two audited operations give budget back:
