@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import subprocess
+import sys
+import textwrap
 
 import dp_accounting
 import numpy as np
@@ -211,6 +214,24 @@ def test_crash_between_reserve_and_confirm_keeps_the_worst_case(ledger, tmp_path
         st = reopened.status("crashed")
     assert st.reserved_queries == 5
     assert st.spent_epsilon == pytest.approx(5 * 0.06 + math.log(1e5) / 7, rel=1e-9)
+
+
+def test_process_killed_inside_an_answered_only_spend_keeps_the_worst_case(ledger):
+    """A real process dies (os._exit) after the reservation and before confirm(answered=0)."""
+    code = textwrap.dedent(f"""
+        import os
+        from pricure_crypten.privacy.accounting import PrivacyLedger
+        from pricure_crypten.privacy.noise import ConfidentGNMax
+        m = ConfidentGNMax(threshold=5.0, sigma_threshold=10.0, sigma=20.0, delta={DELTA!r})
+        led = PrivacyLedger({str(ledger.path)!r}, total_epsilon={EPS!r}, total_delta={DELTA!r},
+                            accountant="rdp-filter", accountant_options={{"orders": [8], "conversion": "classic"}})
+        with led.spend_answered_only("killed", m, queries=5) as spend:
+            os._exit(0)  # every query would have abstained; nothing was confirmed
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    st = ledger.status("killed")
+    assert (st.reserved_queries, st.answered_queries) == (5, 0)
+    assert st.spent_epsilon == pytest.approx(5 * 0.06 + math.log(1e5) / 7, rel=1e-9)  # not 5 * 0.04
 
 
 def test_abstained_charge_is_threshold_only_and_rows_are_split(ledger):
