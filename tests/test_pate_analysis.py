@@ -209,3 +209,5 @@ def test_bad_input_is_refused():
         pa.confident_gnmax_rdp(np.zeros((2, 3)), [1, 0], threshold=1, sigma_threshold=1, sigma=1, orders=[2.0])
     with pytest.raises(ValueError, match="beta"):
         pa.smooth_sensitivity([1.0], 0.0)
+    with pytest.raises(ValueError, match="underflows"):
+        pa.local_sensitivity_gnmax([5000, 0], sigma=1.0, order=2.0, max_distance=2)

@@ -253,6 +253,9 @@ def _ls_gnmax_at(log_q: float, sigma: float, m: int, order: float) -> float:
     log_q1 = math.log(_bl_bu(math.exp(log_q0), sigma, m)[0])
     if log_q1 <= log_q <= log_q0:
         log_q = log_q1
+    if log_q < -700:  # q underflows in the erfc-based bounds of Proposition 13
+        raise ValueError(f"log q = {log_q:g} is below the range where the local-sensitivity bound is computed "
+                         "(q underflows); use a larger sigma or a histogram with smaller gaps")
     q = math.exp(log_q)
     beta = _rdp_at(log_q, sigma, order)
     bl, bu = _bl_bu(q, sigma, m)
