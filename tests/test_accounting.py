@@ -222,10 +222,10 @@ def test_empty_accountant_spent_nothing(name):
 
 
 def test_registry_names_and_errors():
-    assert set(ACCOUNTANTS) == {"auto", "basic", "advanced", "rdp", "pld"}
+    assert set(ACCOUNTANTS) == {"auto", "basic", "advanced", "rdp", "pld", "rdp-filter"}
     assert isinstance(make_accountant("rdp"), RDPAccountant)
     assert make_accountant("advanced", slack=1e-7).slack == 1e-7
-    with pytest.raises(ValueError, match="auto, basic, advanced, rdp, pld"):
+    with pytest.raises(ValueError, match="auto, basic, advanced, rdp, pld, rdp-filter"):
         make_accountant("moments")
     with pytest.raises(TypeError, match="does not take"):
         make_accountant("basic", slack=1e-6)

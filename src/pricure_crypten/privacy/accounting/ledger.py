@@ -16,6 +16,14 @@ Protocol (the order is what makes a crash over-count, never under-count)::
         spend.confirm()             # row 'answered', committed
     client.reconstruct(shares)      # only now is anything revealed
 
+Answered-only Confident-GNMax (accountant ``"rdp-filter"`` only):
+``ledger.spend_answered_only(...)`` reserves the WORST case (both steps for
+every query) and ``spend.confirm(answered=k)`` settles the outcome (the
+other queries are charged the threshold step only); see :mod:`.outcome`
+for the protocol and what it reveals, :mod:`.filter` for why only a
+privacy filter may compose these charges. A ledger holding such spends
+refuses to be composed by any other accountant.
+
 A process killed at any point leaves either nothing (before the reservation
 commits: nothing was computed) or a 'reserved'/'answered' row that keeps
 counting after a restart. Only two audited operations give budget back:
@@ -55,6 +63,7 @@ from typing import Any, Mapping, Optional, Union
 from ..._validation import check_delta, check_epsilon, check_int, check_name
 from .base import MechanismLike, ReleaseCost, release_sort_key, within
 from .errors import BudgetExceededError
+from .outcome import ABSTAINED_SUFFIX, AnsweredOnlyCosts, OutcomeSpend
 from .registry import check_accountant_name, make_accountant
 from .spend import Spend
 from .status import AuditEntry, BudgetStatus
@@ -104,7 +113,8 @@ class PrivacyLedger:
             a file that is not a ledger of this schema is refused, never reset.
         total_epsilon: each client's budget epsilon, > 0 (``inf``: unlimited).
         total_delta: each client's budget delta, in [0, 1).
-        accountant: ``"auto"`` (default), ``"basic"``, ``"advanced"``, ``"rdp"`` or ``"pld"``.
+        accountant: ``"auto"`` (default), ``"basic"``, ``"advanced"``, ``"rdp"``, ``"pld"`` or
+            ``"rdp-filter"`` (the Rényi filter, :mod:`.filter`; required for answered-only spends).
         accountant_options: keyword options of the accountant (e.g. ``{"slack": 1e-7}``).
         read_only: open without writing (status/check/list only); the file must exist.
         timeout: seconds to wait for another process's write lock.
@@ -134,7 +144,7 @@ class PrivacyLedger:
             raise TypeError(f"accountant_options must be a mapping, not {type(accountant_options).__name__}")
         self.accountant_options = dict(accountant_options or {})
         probe = make_accountant(self.accountant, **self.accountant_options)  # validates the options
-        if self.total_delta == 0.0 and self.accountant in ("rdp", "pld"):
+        if self.total_delta == 0.0 and self.accountant in ("rdp", "pld", "rdp-filter"):
             raise ValueError(
                 f"the {self.accountant!r} accountant gives no finite epsilon at total_delta=0; "
                 "use total_delta > 0, or accountant 'basic' or 'auto' for pure epsilon-DP"
@@ -213,6 +223,11 @@ class PrivacyLedger:
                 self._cache.move_to_end(groups)
                 return self._cache[groups]
         accountant = make_accountant(self.accountant, **self.accountant_options)
+        if not getattr(accountant, "adaptive", False) and any(
+                cost.mechanism.endswith(ABSTAINED_SUFFIX) for cost, _ in groups):
+            raise self._store.error(
+                f"holds answered-only (outcome-dependent) spends, which only a privacy filter composes "
+                f"soundly; open it with accountant 'rdp-filter', not {self.accountant!r}")
         accountant.compose(groups)
         epsilon, delta = accountant.spent(self.total_delta)
         bound = getattr(accountant, "selected", None) or accountant.name
@@ -274,6 +289,27 @@ class PrivacyLedger:
         self._store.require_writable("spend budget")
         return Spend(self, client_id, cost, queries)
 
+    def spend_answered_only(self, client_id: str, mechanism: Any, queries: int = 1) -> OutcomeSpend:
+        """Like :meth:`spend`, for Confident-GNMax in answered-only mode (:mod:`.outcome`).
+
+        Entering reserves the WORST case (both steps for every query) through
+        the filter; :meth:`OutcomeSpend.confirm` ``(answered=k)`` keeps both
+        steps for ``k`` queries and only the threshold step for the others.
+        Needs accountant ``"rdp-filter"``: only a filter composes charges that
+        depend on the outcomes soundly.
+        """
+        client_id = _check_client_id(client_id)
+        queries = _check_queries(queries)
+        self._require_filter("answered-only spends")
+        costs = mechanism if isinstance(mechanism, AnsweredOnlyCosts) else AnsweredOnlyCosts.of(mechanism)
+        self._store.require_writable("spend budget")
+        return OutcomeSpend(self, client_id, costs, queries)
+
+    def _require_filter(self, what: str) -> None:
+        if not getattr(make_accountant(self.accountant, **self.accountant_options), "adaptive", False):
+            raise ValueError(f"{what} depend on the outcomes and need a privacy filter: open the ledger with "
+                             f"accountant='rdp-filter', not {self.accountant!r}")
+
     def check(
         self, client_id: str, mechanism: Union[MechanismLike, ReleaseCost], queries: int = 1
     ) -> tuple[float, float]:
@@ -334,6 +370,23 @@ class PrivacyLedger:
                 status = self._store.spend_status(conn, row_id)
                 raise self._store.error(f"reservation {row_id} is {status!r} (voided by an audited reset or "
                                         "void of stale reservations?); the result must NOT be released")
+
+    def confirm_outcome(self, reservation_id: int, *, costs: AnsweredOnlyCosts, answered: int) -> None:
+        """Mark a worst-case reservation answered with its outcome: ``answered`` of its queries keep
+        ``costs.answered``, the others are charged ``costs.abstained``. Raises :class:`LedgerError`
+        if it is not a reservation of ``costs.answered`` (voided, or another mechanism's): then
+        nothing may be released."""
+        row_id = check_int(reservation_id, name="reservation_id", minimum=1)
+        if not isinstance(costs, AnsweredOnlyCosts):
+            raise TypeError(f"costs must be AnsweredOnlyCosts, not {type(costs).__name__}")
+        answered = check_int(answered, name="answered", minimum=0)
+        self._require_filter("answered-only confirmations")
+        with self._store.transaction("confirm an answered-only spend") as conn:
+            if not self._store.settle_outcome(conn, row_id, worst=costs.answered, abstained=costs.abstained,
+                                              answered=answered):
+                status = self._store.spend_status(conn, row_id)
+                raise self._store.error(f"reservation {row_id} is {status!r} or not a worst-case reservation of "
+                                        f"{costs.answered.describe()}; the result must NOT be released")
 
     def rollback(self, reservation_id: int) -> None:
         """Delete the reservation if it is still only reserved. Only if nothing derived from it was

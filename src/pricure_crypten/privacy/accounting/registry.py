@@ -8,6 +8,7 @@ from .advanced import AdvancedAccountant
 from .auto import AutoAccountant
 from .base import Accountant
 from .basic import BasicAccountant
+from .filter import FilterAccountant
 from .pld import PLDAccountant
 from .rdp import RDPAccountant
 
@@ -17,6 +18,7 @@ ACCOUNTANTS: dict[str, type[Accountant]] = {
     "advanced": AdvancedAccountant,
     "rdp": RDPAccountant,
     "pld": PLDAccountant,
+    "rdp-filter": FilterAccountant,
 }
 
 DEFAULT_ACCOUNTANT = "auto"
@@ -35,10 +37,11 @@ def make_accountant(name: str = DEFAULT_ACCOUNTANT, **options: Any) -> Accountan
 
     Args:
         name: ``"auto"`` (default: PLD where it gives a finite bound, else
-            basic), ``"basic"``, ``"advanced"``, ``"rdp"`` or ``"pld"``.
+            basic), ``"basic"``, ``"advanced"``, ``"rdp"``, ``"pld"`` or
+            ``"rdp-filter"`` (the Rényi filter of :mod:`.filter`).
         **options: keyword options of that accountant (``slack`` for
             advanced, ``orders`` for rdp, ``value_discretization_interval`` for
-            pld and auto).
+            pld and auto; ``orders`` and ``conversion`` for rdp-filter).
     """
     cls = ACCOUNTANTS[check_accountant_name(name)]
     try:

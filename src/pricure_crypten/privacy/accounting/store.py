@@ -457,6 +457,40 @@ class LedgerStore:
         ).rowcount == 1
 
     @staticmethod
+    def settle_outcome(conn: sqlite3.Connection, row_id: int, *, worst: ReleaseCost, abstained: ReleaseCost,
+                       answered: int) -> bool:
+        """Answer the 'reserved' spend ``row_id`` of ``worst`` with its outcome: ``answered`` of its
+        queries keep ``worst``, the others become ``abstained`` (a new 'answered' row). False if the
+        row is not reserved (any more) or was not reserved for ``worst``; ValueError if ``answered``
+        exceeds its queries. One transaction: the caller's."""
+        row = conn.execute(
+            "SELECT client_id, queries, mechanism, epsilon, delta, event, noise_multiplier, reserved_at, pid "
+            "FROM spends WHERE id = ? AND status = 'reserved'", (row_id,)).fetchone()
+        if row is None or tuple(row[2:7]) != (worst.mechanism, worst.epsilon, worst.delta, worst.event,
+                                             worst.noise_multiplier):
+            return False
+        client_id, queries, reserved_at, pid = row[0], int(row[1]), row[7], row[8]
+        if not 0 <= answered <= queries:
+            raise ValueError(f"answered={answered} is not between 0 and the {queries} reserved queries")
+        now = _now()
+        if not answered:  # all abstained: the row itself becomes threshold-only
+            conn.execute(
+                "UPDATE spends SET status = 'answered', answered_at = ?, mechanism = ?, epsilon = ?, delta = ?, "
+                "event = ?, noise_multiplier = ? WHERE id = ?",
+                (now, abstained.mechanism, abstained.epsilon, abstained.delta, abstained.event,
+                 abstained.noise_multiplier, row_id))
+            return True
+        conn.execute("UPDATE spends SET status = 'answered', answered_at = ?, queries = ? WHERE id = ?",
+                     (now, answered, row_id))
+        if answered < queries:
+            conn.execute(
+                "INSERT INTO spends (client_id, status, queries, mechanism, epsilon, delta, event, "
+                "noise_multiplier, reserved_at, answered_at, pid) VALUES (?, 'answered', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (client_id, queries - answered, abstained.mechanism, abstained.epsilon, abstained.delta,
+                 abstained.event, abstained.noise_multiplier, reserved_at, now, pid))
+        return True
+
+    @staticmethod
     def spend_status(conn: sqlite3.Connection, row_id: int) -> str:
         """The status of the spend ``row_id`` (``"deleted"`` if there is none)."""
         row = conn.execute("SELECT status FROM spends WHERE id = ?", (row_id,)).fetchone()
