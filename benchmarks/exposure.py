@@ -1,0 +1,597 @@
+"""Membership-inference exposure where the noiseless system leaks (the ``exposure`` suite; issue 16, item 3).
+
+Question: with few owners, small shards and deliberately overfit owners (the
+regime where label-only membership inference works), how much does the
+private ensemble's noise reduce what a client learns about who was trained
+on, at a stated TOTAL privacy budget of that client?
+
+Setting (per :class:`Setting`): a pool of records (MNIST train + validation;
+digits in quick mode or when MNIST is missing) is cut at random into
+
+* K owners' disjoint chunks of ``shard`` records; with ``duplicate_fraction``
+  f > 0 the first f * shard records of owner k's chunk are ALSO given to owner
+  k + 1 (mod K): the same patient in two hospitals;
+* held-out non-members (``non_members`` records, never trained on);
+* the attacker's pool: K shadow chunks of the same size (duplicated the same
+  way) and as many shadow non-members as the target has non-members.
+
+Owners and shadow owners train with :class:`~pricure_crypten.experiments.attacks.Recipe`
+``kind="overfit"`` (plain Adam, no validation, no early stopping, no
+regularisation); every owner's accuracy on its own shard (TRAIN) and on the
+test split (TEST) is reported, so the overfitting is measured.
+
+Targets (each a separate membership-inference game):
+
+* ``single_owner``: owner 0 alone as a label API; members = owner 0's shard;
+* ``plaintext_ensemble``: the K owners' vote, no noise; members = the union
+  of the owners' records (at most ``max_members``, drawn at random);
+* ``private_ensemble``: the same vote histogram with Gaussian noise, released
+  as the noisy argmax, simulated in plaintext by
+  :class:`~pricure_crypten.experiments.attacks.EnsembleOracle`
+  (:func:`pricure_crypten.experiments.reference.release`: the mechanism's own
+  ``release`` with the servers' noise partials, i.e. what the MPC path computes).
+
+TOTAL epsilon. For a private row, ``total_epsilon`` bounds ALL the queries the
+attacker (one client) sends to the target in that row's experiment:
+``records x queries_per_record`` (members + non-members, every augmentation).
+The per-query Gaussian noise is calibrated from the total with the PLD
+accountant (:func:`calibrate_total`, bisection on the per-query epsilon at
+per-query delta 1e-5; the total is taken at delta = 1e-5); the analytical
+total is reported per accountant (PLD and RDP) beside every row. Shadow
+calibration queries go to the attacker's OWN shadow ensemble (same public
+mechanism), not to the target, so they cost nothing. Each attack is its own
+experiment (its own client and budget): an attack with more queries per
+record gets more noise per query. The neighbouring relation of the
+calibration is one training record of ONE owner (L2 sensitivity sqrt 2); a
+record duplicated in two owners moves two votes (sensitivity 2 sqrt 2), so
+its guarantee is the group-of-two bound, reported as
+``analytical_epsilon_pld_duplicated``.
+
+The private ensemble's test ``accuracy`` is measured at the same per-query
+noise (on ``test_queries`` test records; those queries are not part of the
+attacker's total): the privacy/utility trade-off of the row.
+
+Attacks (label-only, thresholds calibrated on shadows of the target's size,
+no ground truth): gap (1 query/record), augmentation by shifts and by
+Gaussian noise (``augment_n`` + 1 queries/record), and the decision-boundary
+attack (HopSkipJump, ART) on ``boundary_records`` members and as many
+non-members against the noiseless targets only (its thousands of adaptive
+queries per record are not known in advance, so no per-query noise can be
+calibrated from a total before it runs; at any of these totals each of its
+answers would carry more noise than the ensemble has votes).
+
+Metrics: AUC, TPR at 1% and 0.1% FPR with stratified bootstrap 95% intervals
+(:func:`~pricure_crypten.experiments.attacks.evaluate`), the empirical epsilon
+lower bound (:func:`pricure_crypten.experiments.attacks.audit.empirical_epsilon`,
+delta 1e-5, 95% confidence) and the largest epsilon this many members and
+non-members could refute at all (``max_refutable_epsilon``). A private row
+whose empirical lower bound exceeded its analytical total would be a bug.
+
+Run alone (``python -m benchmarks.exposure --out DIR``: exposure.csv,
+exposure.md, exposure.json) or as ``python -m benchmarks.run --suite exposure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pricure_crypten.experiments.attacks import (
+    AugmentationAttack, BoundaryAttack, EnsembleOracle, GapAttack, LabelOnlyAttack, LabelOracle, Recipe,
+    SingleOwnerOracle, evaluate, roc)
+from pricure_crypten.experiments.data import DatasetNotFoundError, load_dataset
+from pricure_crypten.experiments.models import default_architecture
+from pricure_crypten.experiments.training import accuracy as model_accuracy
+from pricure_crypten.privacy.accounting import ReleaseCost, make_accountant
+from pricure_crypten.privacy.noise import GaussianNoise, NoiseMechanism, NoNoise
+
+from .env import REPO_ROOT
+
+DELTA = 1e-5  # the total delta at which every total epsilon is stated
+PER_QUERY_DELTA = 1e-5  # the delta that parameterises the per-query analytic Gaussian (its sigma)
+CALIBRATION_ACCOUNTANT = "pld"
+REPORTED_ACCOUNTANTS = ("pld", "rdp")
+CONFIDENCE = 0.95
+DEFAULT_MNIST_ROOT = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """K owners with ``shard`` records each; ``duplicate_fraction`` of each shard also given to the next owner."""
+
+    name: str
+    owners: int
+    shard: int
+    duplicate_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.owners < 1 or self.shard < 2:
+            raise ValueError(f"setting {self.name!r}: need owners >= 1 and shard >= 2")
+        if not 0 <= self.duplicate_fraction <= 1:
+            raise ValueError(f"setting {self.name!r}: duplicate_fraction must be in [0, 1]")
+        if self.duplicate_fraction and self.owners < 2:
+            raise ValueError(f"setting {self.name!r}: duplication needs at least two owners")
+
+
+@dataclass(frozen=True)
+class ExposureGrid:
+    """The points and sizes of one run."""
+
+    dataset: str
+    settings: tuple[Setting, ...]
+    total_epsilons: tuple[float, ...]
+    epochs: int
+    max_members: int  # members evaluated per ensemble target (a random subset of the union)
+    non_members: int
+    test_queries: int
+    augment_n: int
+    noise_std: float
+    boundary_records: int  # members (= non-members) for HopSkipJump, noiseless targets only (0: skip)
+    boundary: dict[str, int] = field(hash=False, default_factory=dict)
+    resamples: int = 500
+    lr: float = 3e-3
+    batch_size: int = 32
+    roc_points: int = 30
+
+
+FULL = ExposureGrid(
+    dataset="mnist",
+    settings=(Setting("k3", 3, 300), Setting("k5", 5, 300), Setting("k3-dup", 3, 300, 0.5)),
+    total_epsilons=(1.0, 4.0, 16.0), epochs=150, max_members=1500, non_members=1500, test_queries=2000,
+    augment_n=10, noise_std=0.1, boundary_records=50,
+    boundary={"max_iter": 5, "max_eval": 200, "init_eval": 20, "init_size": 50}, resamples=500,
+)
+QUICK = ExposureGrid(
+    dataset="digits",
+    settings=(Setting("k3", 3, 60), Setting("k3-dup", 3, 60, 0.5)),
+    total_epsilons=(1.0, 4.0, 16.0), epochs=60, max_members=180, non_members=200, test_queries=300,
+    augment_n=4, noise_std=0.1, boundary_records=0, resamples=100,
+)
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+def composed(mechanism: NoiseMechanism | ReleaseCost, queries: int, *, accountant: str, delta: float = DELTA) -> float:
+    """Total epsilon at ``delta`` of ``queries`` releases of ``mechanism`` (inf without noise)."""
+    if isinstance(mechanism, NoNoise):
+        return math.inf
+    return float(make_accountant(accountant).step(mechanism, queries).spent(delta)[0])
+
+
+def calibrate_total(total_epsilon: float, queries: int, *, delta: float = DELTA,
+                    accountant: str = CALIBRATION_ACCOUNTANT, rel_tol: float = 1e-4) -> GaussianNoise:
+    """The per-query Gaussian mechanism whose ``queries`` releases compose to ``total_epsilon`` at ``delta``.
+
+    Bisection (in log space) on the per-query epsilon of an analytic Gaussian at
+    per-query delta :data:`PER_QUERY_DELTA`; returns the largest per-query epsilon
+    found whose composition stays AT OR BELOW the total (within ``rel_tol`` of it).
+    """
+    if not (math.isfinite(total_epsilon) and total_epsilon > 0):
+        raise ValueError(f"total_epsilon must be a finite number > 0, got {total_epsilon!r}")
+    if not (isinstance(queries, int) and queries >= 1):
+        raise ValueError(f"queries must be a positive integer, got {queries!r}")
+
+    def total(per_query: float) -> float:
+        return composed(GaussianNoise(epsilon=per_query, delta=PER_QUERY_DELTA), queries, accountant=accountant,
+                        delta=delta)
+
+    low, high = 1e-7, float(total_epsilon)  # one release alone costs at least its own epsilon
+    if total(low) > total_epsilon:
+        raise ValueError(f"total epsilon {total_epsilon} is below what {queries} queries can reach")
+    if total(high) <= total_epsilon:
+        return GaussianNoise(epsilon=high, delta=PER_QUERY_DELTA)
+    for _ in range(100):
+        middle = math.sqrt(low * high)
+        if total(middle) <= total_epsilon:
+            low = middle
+        else:
+            high = middle
+        if high / low - 1 < rel_tol * 1e-2:
+            break
+    mechanism = GaussianNoise(epsilon=low, delta=PER_QUERY_DELTA)
+    reached = total(low)
+    if not (total_epsilon * (1 - rel_tol) <= reached <= total_epsilon):
+        raise RuntimeError(f"calibration missed: {queries} queries compose to {reached}, asked {total_epsilon}")
+    return mechanism
+
+
+def group_cost(mechanism: GaussianNoise, group: int = 2) -> ReleaseCost:
+    """One release's cost for a record present in ``group`` owners: the L2 sensitivity is ``group`` times larger."""
+    event = ReleaseCost.of(mechanism)
+    return ReleaseCost(f"{event.mechanism}-group{group}", event.epsilon, event.delta, "gaussian",
+                       event.noise_multiplier / group)
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+@dataclass
+class Prepared:
+    """One setting: trained owners and shadows, the evaluation records and the owners' accuracies."""
+
+    setting: Setting
+    dataset: Any
+    x: np.ndarray  # the pool (train + validation split)
+    y: np.ndarray
+    shards: list[np.ndarray]
+    duplicated: np.ndarray  # pool indices present in two owners
+    non_members: np.ndarray
+    shadow_shards: list[np.ndarray]
+    shadow_non_members: np.ndarray
+    models: list
+    shadows: list
+    owner_accuracy: list[dict[str, float]]
+
+
+def _shards(chunks: list[np.ndarray], fraction: float) -> tuple[list[np.ndarray], np.ndarray]:
+    copies = [chunk[: int(round(fraction * len(chunk)))] for chunk in chunks]
+    k = len(chunks)
+    shards = [np.concatenate([chunks[i], copies[(i - 1) % k]]) if fraction else chunks[i] for i in range(k)]
+    return shards, np.sort(np.concatenate(copies)) if fraction else np.zeros(0, np.int64)
+
+
+def split_pool(size: int, setting: Setting, *, non_members: int, seed: int) -> dict[str, Any]:
+    """Disjoint random index sets of the pool: target chunks, non-members, shadow chunks, shadow non-members."""
+    k, n = setting.owners, setting.shard
+    need = 2 * k * n + 2 * non_members
+    if need > size:
+        raise ValueError(f"setting {setting.name!r} needs {need} records, the pool has {size}")
+    order = np.random.default_rng(seed).permutation(size)
+    cuts = np.cumsum([k * n, non_members, k * n, non_members])
+    target, outs, shadow, shadow_outs = np.split(order[: cuts[-1]], cuts[:-1])
+    shards, duplicated = _shards(np.split(target, k), setting.duplicate_fraction)
+    shadow_shards, _ = _shards(np.split(shadow, k), setting.duplicate_fraction)
+    return {"shards": shards, "duplicated": duplicated, "non_members": outs, "shadow_shards": shadow_shards,
+            "shadow_non_members": shadow_outs}
+
+
+def _pool(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([dataset.train_x, dataset.val_x]), torch.cat([dataset.train_y, dataset.val_y])
+
+
+def prepare(dataset, setting: Setting, grid: ExposureGrid, *, seed: int) -> Prepared:
+    """Split, train the owners and shadow owners (overfit recipe), measure their train/test accuracy."""
+    x, y = _pool(dataset)
+    parts = split_pool(len(y), setting, non_members=grid.non_members, seed=seed)
+    recipe = Recipe(arch=default_architecture(dataset), kind="overfit", epochs=grid.epochs, lr=grid.lr,
+                    batch_size=grid.batch_size)
+    models = recipe.train_all(x, y, parts["shards"], seed=seed)
+    shadows = recipe.train_all(x, y, parts["shadow_shards"], seed=seed + 1000)
+    test_x, test_y = dataset.test_x[: grid.test_queries], dataset.test_y[: grid.test_queries]
+    owner_accuracy = []
+    for role, group, shards in (("owner", models, parts["shards"]), ("shadow", shadows, parts["shadow_shards"])):
+        for k, (model, shard) in enumerate(zip(group, shards)):
+            index = torch.as_tensor(shard)
+            owner_accuracy.append({"setting": setting.name, "role": role, "index": k, "records": len(shard),
+                                   "train_accuracy": model_accuracy(model, x[index], y[index]),
+                                   "test_accuracy": model_accuracy(model, test_x, test_y)})
+    return Prepared(setting, dataset, x.numpy(), y.numpy(), parts["shards"], parts["duplicated"],
+                    parts["non_members"], parts["shadow_shards"], parts["shadow_non_members"], models, shadows,
+                    owner_accuracy)
+
+
+# ---------------------------------------------------------------------------------------- targets
+
+@dataclass(frozen=True)
+class Game:
+    """One target's membership game: the records the attacker asks about and the shadow calibration sets."""
+
+    target: str
+    members: np.ndarray  # pool indices
+    non_members: np.ndarray
+    shadow_in: np.ndarray
+    shadow_out: np.ndarray
+
+    @property
+    def records(self) -> np.ndarray:
+        return np.concatenate([self.members, self.non_members])
+
+    @property
+    def is_member(self) -> np.ndarray:
+        return np.r_[np.ones(len(self.members), np.int64), np.zeros(len(self.non_members), np.int64)]
+
+
+def games(prep: Prepared, grid: ExposureGrid, *, seed: int) -> dict[str, Game]:
+    """The single-owner game and the ensemble game (shared by the plaintext and private ensembles)."""
+    rng = np.random.default_rng([seed, 7])
+
+    def cap(indices: np.ndarray) -> np.ndarray:
+        unique = np.unique(indices)
+        return np.sort(rng.permutation(unique)[: grid.max_members])
+
+    single = Game("single_owner", cap(prep.shards[0]), prep.non_members, cap(prep.shadow_shards[0]),
+                  prep.shadow_non_members)
+    union = cap(np.concatenate(prep.shards))
+    ensemble = Game("ensemble", union, prep.non_members, cap(np.concatenate(prep.shadow_shards)),
+                    prep.shadow_non_members)
+    return {"single_owner": single, "ensemble": ensemble}
+
+
+def _oracle(target: str, models: Sequence, dataset, mechanism: NoiseMechanism, seed: int | str) -> LabelOracle:
+    if target == "single_owner":
+        return SingleOwnerOracle(model=models[0], num_classes=dataset.num_classes, input_shape=dataset.input_shape)
+    return EnsembleOracle(models=models, num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+                          aggregation="vote", mechanism=mechanism, seed=seed)
+
+
+def attacks(grid: ExposureGrid, *, seed: int) -> list[tuple[str, LabelOnlyAttack]]:
+    """The label-only attacks with a fixed number of queries per record."""
+    n = grid.augment_n
+    return [("gap", GapAttack()),
+            (f"augmentation-shift-n{n}", AugmentationAttack(n=n, kind="shift", seed=seed)),
+            (f"augmentation-noise-std{grid.noise_std:g}-n{n}",
+             AugmentationAttack(n=n, kind="noise", noise_std=grid.noise_std, seed=seed))]
+
+
+# -------------------------------------------------------------------------------------------- rows
+
+def _roc_text(is_member: np.ndarray, scores: np.ndarray, points: int) -> str:
+    fpr, tpr, _ = roc(is_member, scores)
+    if len(fpr) > points:  # the ends and a log-spread of the low-FPR region
+        keep = np.unique(np.r_[0, len(fpr) - 1, np.searchsorted(fpr, np.geomspace(1e-3, 1, points - 2))])
+        keep = keep[keep < len(fpr)]
+        fpr, tpr = fpr[keep], tpr[keep]
+    return " ".join(f"{f:.4g}:{t:.4g}" for f, t in zip(fpr, tpr))
+
+
+def _metrics(is_member: np.ndarray, scores: np.ndarray, *, threshold: float, grid: ExposureGrid,
+             seed: int) -> dict[str, Any]:
+    from pricure_crypten.experiments.attacks.audit import empirical_epsilon, max_refutable_epsilon
+
+    report = evaluate(is_member, scores, threshold=threshold, resamples=grid.resamples, seed=seed).to_row()
+    audit = empirical_epsilon(is_member, scores, delta=DELTA, confidence=CONFIDENCE)
+    return {**report, "empirical_epsilon_lower": audit.epsilon_lower, "audit_threshold": audit.threshold,
+            "audit_confidence": audit.confidence,
+            "max_refutable_epsilon": max_refutable_epsilon(int(is_member.sum()), int(len(is_member) - is_member.sum()),
+                                                           delta=DELTA, confidence=CONFIDENCE),
+            "roc": _roc_text(is_member, scores, grid.roc_points)}
+
+
+def _test_accuracy(target: str, prep: Prepared, mechanism: NoiseMechanism, grid: ExposureGrid, seed: int) -> float:
+    oracle = _oracle(target, prep.models, prep.dataset, mechanism, f"{seed}/test")
+    x, y = prep.dataset.test_x[: grid.test_queries].numpy(), prep.dataset.test_y[: grid.test_queries].numpy()
+    return float(np.mean(oracle(x) == y))
+
+
+def _base_row(prep: Prepared, target: str, total: float) -> dict[str, Any]:
+    s = prep.setting
+    owners = [a for a in prep.owner_accuracy if a["role"] == "owner"]
+    if target == "single_owner":
+        owners = owners[:1]
+    return {"dataset": prep.dataset.name, "setting": s.name, "owners": s.owners, "shard": s.shard,
+            "duplicate_fraction": s.duplicate_fraction, "target": target, "total_epsilon": total, "delta": DELTA,
+            "owner_train_accuracy": float(np.mean([a["train_accuracy"] for a in owners])),
+            "owner_test_accuracy": float(np.mean([a["test_accuracy"] for a in owners]))}
+
+
+def _accounting(mechanism: NoiseMechanism, queries: int) -> dict[str, Any]:
+    noisy = not isinstance(mechanism, NoNoise)
+    row: dict[str, Any] = {"calibration_accountant": CALIBRATION_ACCOUNTANT if noisy else "",
+                           "per_query_epsilon": mechanism.epsilon, "per_query_delta": mechanism.delta,
+                           "noise_sigma": mechanism.scale}
+    for name in REPORTED_ACCOUNTANTS:
+        row[f"analytical_epsilon_{name}"] = composed(mechanism, queries, accountant=name)
+    return row
+
+
+def attack_rows(prep: Prepared, grid: ExposureGrid, *, seed: int) -> Iterator[dict[str, Any]]:
+    """Every (target, total epsilon, attack) of one prepared setting; a row per member subset."""
+    ds = prep.dataset
+    by_target = games(prep, grid, seed=seed)
+    plan = [("single_owner", math.inf), ("plaintext_ensemble", math.inf),
+            *(("private_ensemble", eps) for eps in grid.total_epsilons)]
+    duplicated = set(prep.duplicated.tolist())
+    for target, total in plan:
+        game = by_target["single_owner" if target == "single_owner" else "ensemble"]
+        records, is_member = game.records, game.is_member
+        for attack_name, attack in attacks(grid, seed=seed):
+            queries = len(records) * attack.queries_per_record()
+            mechanism = NoNoise() if math.isinf(total) else calibrate_total(total, queries)
+            begin = time.perf_counter()
+            attack.calibrate(_oracle(target, prep.shadows, ds, mechanism, f"{seed}/shadow/{total}"),
+                             prep.x[game.shadow_in], prep.y[game.shadow_in],
+                             prep.x[game.shadow_out], prep.y[game.shadow_out])
+            target_oracle = _oracle(target, prep.models, ds, mechanism, f"{seed}/target/{total}")
+            scores = attack.scores(target_oracle, prep.x[records], prep.y[records])
+            assert target_oracle.queries == queries, (target_oracle.queries, queries)
+            seconds = time.perf_counter() - begin
+            common = {**_base_row(prep, target, total), "attack": attack_name,
+                      "queries_per_record": attack.queries_per_record(), "records_queried": len(records),
+                      "queries_total": queries, **_accounting(mechanism, queries),
+                      "test_accuracy": _test_accuracy(target, prep, mechanism, grid, seed),
+                      "attack_seconds": seconds}
+            yield {**common, "members_subset": "all",
+                   **_metrics(is_member, scores, threshold=attack.threshold, grid=grid, seed=seed)}
+            if target != "single_owner" and duplicated:
+                keep = np.array([(not m) or (r in duplicated) for r, m in zip(records, is_member)])
+                group = {"analytical_epsilon_pld_duplicated": math.inf if isinstance(mechanism, NoNoise)
+                         else composed(group_cost(mechanism), queries, accountant="pld")}
+                yield {**common, "members_subset": "duplicated", **group,
+                       **_metrics(is_member[keep], scores[keep], threshold=attack.threshold, grid=grid, seed=seed)}
+        if target != "private_ensemble" and grid.boundary_records:
+            yield boundary_row(prep, target, game, grid, seed=seed)
+
+
+def boundary_row(prep: Prepared, target: str, game: Game, grid: ExposureGrid, *, seed: int) -> dict[str, Any]:
+    """HopSkipJump on a subset of the game's members and non-members, against a noiseless target."""
+    ds = prep.dataset
+    n = grid.boundary_records
+    rng = np.random.default_rng([seed, 11])
+    members, outs = rng.permutation(game.members)[:n], rng.permutation(game.non_members)[:n]
+    shadow_in, shadow_out = rng.permutation(game.shadow_in)[:n], rng.permutation(game.shadow_out)[:n]
+    records = np.r_[members, outs]
+    is_member = np.r_[np.ones(len(members), np.int64), np.zeros(len(outs), np.int64)]
+    clip = (0.0, 1.0) if len(ds.input_shape) == 3 else None
+    attack = BoundaryAttack(**grid.boundary, clip_values=clip, seed=seed)
+    begin = time.perf_counter()
+    attack.calibrate(_oracle(target, prep.shadows, ds, NoNoise(), f"{seed}/shadow"), prep.x[shadow_in],
+                     prep.y[shadow_in], prep.x[shadow_out], prep.y[shadow_out])
+    oracle = _oracle(target, prep.models, ds, NoNoise(), f"{seed}/target")
+    scores = attack.scores(oracle, prep.x[records], prep.y[records])
+    return {**_base_row(prep, target, math.inf), "attack": "boundary-hopskipjump",
+            "queries_per_record": oracle.queries / len(records), "records_queried": len(records),
+            "queries_total": oracle.queries, **_accounting(NoNoise(), oracle.queries),
+            "test_accuracy": _test_accuracy(target, prep, NoNoise(), grid, seed),
+            "attack_seconds": time.perf_counter() - begin, "members_subset": "all",
+            **_metrics(is_member, scores, threshold=attack.threshold, grid=grid, seed=seed)}
+
+
+COLUMNS = [
+    "dataset", "setting", "owners", "shard", "duplicate_fraction", "target", "total_epsilon", "delta", "attack",
+    "members_subset", "members", "non_members", "records_queried", "queries_per_record", "queries_total",
+    "calibration_accountant", "per_query_epsilon", "per_query_delta", "noise_sigma", "analytical_epsilon_pld",
+    "analytical_epsilon_rdp", "analytical_epsilon_pld_duplicated",
+    *(f"{m}{s}" for m in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr")
+      for s in ("", "_low", "_high")),
+    "threshold", "empirical_epsilon_lower", "audit_threshold", "audit_confidence", "max_refutable_epsilon",
+    "test_accuracy", "owner_train_accuracy", "owner_test_accuracy", "attack_seconds", "roc",
+]
+
+
+def load(grid: ExposureGrid, *, root: Path, seed: int) -> tuple[Any, ExposureGrid]:
+    """The grid's dataset; without MNIST's file, the quick grid on digits (the caller records which ran)."""
+    try:
+        return load_dataset(grid.dataset, root=root, seed=seed), grid
+    except DatasetNotFoundError as err:
+        tqdm.write(f"exposure: {grid.dataset} not found ({err}); falling back to the quick grid on digits")
+        return load_dataset(QUICK.dataset, seed=seed), QUICK
+
+
+def run(grid: ExposureGrid, *, root: Path, seed: int, owners_out: list | None = None,
+        used: dict | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of every setting (owners' accuracies appended to ``owners_out``; the grid that ran in ``used``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; the machine is shared
+    try:
+        dataset, grid = load(grid, root=root, seed=seed)
+        if used is not None:
+            used.update(dataset=dataset.name, grid=grid)
+        for setting in tqdm(grid.settings, desc="exposure"):
+            prep = prepare(dataset, setting, grid, seed=seed)
+            if owners_out is not None:
+                owners_out.extend(prep.owner_accuracy)
+            for row in attack_rows(prep, grid, seed=seed):
+                yield {c: row.get(c) for c in COLUMNS}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def exposure_suite(*, quick: bool, seed: int, root: Path = DEFAULT_MNIST_ROOT) -> Iterator[dict[str, Any]]:
+    """The rows for ``python -m benchmarks.run --suite exposure``."""
+    yield from run(QUICK if quick else FULL, root=root, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return format(value, spec)
+
+
+def _interval(row: dict[str, Any], name: str) -> str:
+    return f"{_f(row[name])} [{_f(row[name + '_low'])}, {_f(row[name + '_high'])}]"
+
+
+def exposure_markdown(rows: Sequence[dict[str, Any]], owners: Sequence[dict[str, Any]] = ()) -> str:
+    """The summary: the exposure table (every attack), the duplicated-record rows and the owners' accuracies."""
+    if not rows:
+        return ""
+    header = ("| setting | target | total ε | attack | queries | σ/query | AUC [95% CI] | TPR@1%FPR [95% CI] "
+              "| TPR@0.1%FPR [95% CI] | emp. ε lower | refutable ≤ | analytical ε PLD / RDP | test acc |")
+    rule = "|" + "---|" * (header.count("|") - 1)
+
+    def line(r: dict[str, Any], extra: str = "") -> str:
+        return (f"| {r['setting']} | {r['target']} | {_f(r['total_epsilon'], 'g')} | {r['attack']} | "
+                f"{r['queries_total']} | {_f(r['noise_sigma'], '.3g')} | {_interval(r, 'auc')} | "
+                f"{_interval(r, 'tpr_at_1pct_fpr')} | {_interval(r, 'tpr_at_01pct_fpr')} | "
+                f"{_f(r['empirical_epsilon_lower'], '.2f')} | {_f(r['max_refutable_epsilon'], '.2f')} | "
+                f"{_f(r['analytical_epsilon_pld'], '.3g')} / {_f(r['analytical_epsilon_rdp'], '.3g')}{extra} | "
+                f"{_f(r['test_accuracy'])} |")
+
+    first = rows[0]
+    lines = [f"## Membership-inference exposure ({first['dataset']})", "",
+             "Total ε = the attacking client's budget over ALL its queries to the target in that row "
+             f"(δ = {DELTA:g}); the per-query Gaussian noise σ is calibrated from it with the PLD accountant, "
+             "and the analytical total is given per accountant. Members vs non-members: "
+             f"{first['members']} vs {first['non_members']} (single owner: its shard). Empirical ε lower: "
+             f"{CONFIDENCE:.0%} confidence, δ = {DELTA:g}; 'refutable ≤' is the largest ε this sample could "
+             "refute at all. Test acc: the target's accuracy on the test split at the same per-query noise.", "",
+             header, rule]
+    lines += [line(r) for r in rows if r["members_subset"] == "all"]
+    dup = [r for r in rows if r["members_subset"] == "duplicated"]
+    if dup:
+        lines += ["", "Records present in TWO owners (members = the duplicated records only; the calibration covers "
+                  "one record of one owner, so their guarantee is the group-of-two bound, third figure in the "
+                  "analytical column):", "", header, rule]
+        lines += [line(r, f" / dup {_f(r['analytical_epsilon_pld_duplicated'], '.3g')}") for r in dup]
+    if owners:
+        lines += ["", "Owners (overfit recipe): accuracy on their own shard (train) and on the test split:", "",
+                  "| setting | role | owner | records | train acc | test acc |", "|---|---|---|---|---|---|"]
+        lines += [f"| {o['setting']} | {o['role']} | {o['index']} | {o['records']} | {_f(o['train_accuracy'])} | "
+                  f"{_f(o['test_accuracy'])} |" for o in owners]
+    return "\n".join(lines + [""])
+
+
+# --------------------------------------------------------------------------------------- stand-alone
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.exposure", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny digits grid (CI smoke test)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: benchmarks/results/exposure-<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_MNIST_ROOT,
+                        help="folder with MNIST (mnist.npz or torchvision's files); digits when missing")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, training, attacks and noise")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write exposure.csv, exposure.md and exposure.json (the command, commit, date, seed, grid and owners)."""
+    from .env import environment
+    from .report import write_csv, write_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"exposure-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(argv)
+    env["command"] = " ".join([Path(sys.executable).name, "-m", "benchmarks.exposure", *argv])
+    grid = QUICK if args.quick else FULL
+    meta: dict[str, Any] = {**env, "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "seed": args.seed, "requested_grid": asdict(grid), "delta": DELTA,
+                            "per_query_delta": PER_QUERY_DELTA, "calibration_accountant": CALIBRATION_ACCOUNTANT,
+                            "reported_accountants": list(REPORTED_ACCOUNTANTS), "confidence": CONFIDENCE}
+    rows: list[dict[str, Any]] = []
+    owners: list[dict[str, Any]] = []
+    used: dict[str, Any] = {}
+    begin = time.perf_counter()
+    for row in run(grid, root=args.data_root, seed=args.seed, owners_out=owners, used=used):
+        rows.append(row)
+        write_csv(rows, out / "exposure.csv")
+        tqdm.write(f"exposure: {row['setting']} {row['target']} ε={row['total_epsilon']} {row['attack']} "
+                   f"({row['members_subset']}): AUC {row['auc']:.3f}, TPR@1% {row['tpr_at_1pct_fpr']:.3f}, "
+                   f"emp. ε {row['empirical_epsilon_lower']:.2f}, test acc {row['test_accuracy']:.3f}")
+    meta.update(dataset=used["dataset"], grid=asdict(used["grid"]), owners=owners,
+                wall_seconds=time.perf_counter() - begin)
+    write_json(meta, out / "exposure.json")
+    (out / "exposure.md").write_text(exposure_markdown(rows, owners))
+    print(f"exposure: {meta['wall_seconds']:.0f} s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
