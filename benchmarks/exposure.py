@@ -372,8 +372,8 @@ def _metrics(is_member: np.ndarray, scores: np.ndarray, *, threshold: float, gri
             "max_refutable_epsilon": audit.max_refutable, "roc": _roc_text(is_member, scores, grid.roc_points)}
 
 
-def _test_accuracy(target: str, prep: Prepared, mechanism: NoiseMechanism, grid: ExposureGrid, seed: int) -> float:
-    oracle = _oracle(target, prep.models, prep.dataset, mechanism, f"{seed}/test")
+def _test_accuracy(target: str, prep: Prepared, mechanism: NoiseMechanism, grid: ExposureGrid, stream: str) -> float:
+    oracle = _oracle(target, prep.models, prep.dataset, mechanism, stream)
     x, y = prep.dataset.test_x[: grid.test_queries].numpy(), prep.dataset.test_y[: grid.test_queries].numpy()
     return float(np.mean(oracle(x) == y))
 
@@ -413,17 +413,18 @@ def attack_rows(prep: Prepared, grid: ExposureGrid, *, seed: int) -> Iterator[di
             queries = len(records) * attack.queries_per_record()
             mechanism = NoNoise() if math.isinf(total) else calibrate_total(total, queries)
             begin = time.perf_counter()
-            attack.calibrate(_oracle(target, prep.shadows, ds, mechanism, f"{seed}/shadow/{total}"),
+            stream = f"{seed}/{prep.setting.name}/{target}/{total}/{attack_name}"  # independent noise per row
+            attack.calibrate(_oracle(target, prep.shadows, ds, mechanism, f"{stream}/shadow"),
                              prep.x[game.shadow_in], prep.y[game.shadow_in],
                              prep.x[game.shadow_out], prep.y[game.shadow_out])
-            target_oracle = _oracle(target, prep.models, ds, mechanism, f"{seed}/target/{total}")
+            target_oracle = _oracle(target, prep.models, ds, mechanism, f"{stream}/target")
             scores = attack.scores(target_oracle, prep.x[records], prep.y[records])
             assert target_oracle.queries == queries, (target_oracle.queries, queries)
             seconds = time.perf_counter() - begin
             common = {**_base_row(prep, target, total), "attack": attack_name,
                       "queries_per_record": attack.queries_per_record(), "records_queried": len(records),
                       "queries_total": queries, **_accounting(mechanism, queries),
-                      "test_accuracy": _test_accuracy(target, prep, mechanism, grid, seed),
+                      "test_accuracy": _test_accuracy(target, prep, mechanism, grid, f"{stream}/test"),
                       "attack_seconds": seconds}
             yield {**common, "members_subset": "all",
                    **_metrics(is_member, scores, threshold=attack.threshold, grid=grid, seed=seed)}
@@ -456,7 +457,7 @@ def boundary_row(prep: Prepared, target: str, game: Game, grid: ExposureGrid, *,
     return {**_base_row(prep, target, math.inf), "attack": "boundary-hopskipjump",
             "queries_per_record": oracle.queries / len(records), "records_queried": len(records),
             "queries_total": oracle.queries, **_accounting(NoNoise(), oracle.queries),
-            "test_accuracy": _test_accuracy(target, prep, NoNoise(), grid, seed),
+            "test_accuracy": _test_accuracy(target, prep, NoNoise(), grid, f"{seed}/boundary/test"),
             "attack_seconds": time.perf_counter() - begin, "members_subset": "all",
             **_metrics(is_member, scores, threshold=attack.threshold, grid=grid, seed=seed)}
 
@@ -527,13 +528,13 @@ def exposure_markdown(rows: Sequence[dict[str, Any]], owners: Sequence[dict[str,
     """The summary: the exposure table (every attack), the duplicated-record rows and the owners' accuracies."""
     if not rows:
         return ""
-    header = ("| setting | target | total ε | attack | queries | σ/query | AUC [95% CI] | TPR@1%FPR [95% CI] "
+    header = ("| setting | target | total ε | attack | members / non-members | queries | σ/query | AUC [95% CI] | TPR@1%FPR [95% CI] "
               "| TPR@0.1%FPR [95% CI] | emp. ε lower | refutable ≤ | analytical ε PLD / RDP | test acc |")
     rule = "|" + "---|" * (header.count("|") - 1)
 
     def line(r: dict[str, Any], extra: str = "") -> str:
         return (f"| {r['setting']} | {r['target']} | {_f(r['total_epsilon'], 'g')} | {r['attack']} | "
-                f"{r['queries_total']} | {_f(r['noise_sigma'], '.3g')} | {_interval(r, 'auc')} | "
+                f"{r['members']} / {r['non_members']} | {r['queries_total']} | {_f(r['noise_sigma'], '.3g')} | {_interval(r, 'auc')} | "
                 f"{_interval(r, 'tpr_at_1pct_fpr')} | {_interval(r, 'tpr_at_01pct_fpr')} | "
                 f"{_f(r['empirical_epsilon_lower'], '.2f')} | {_f(r['max_refutable_epsilon'], '.2f')} | "
                 f"{_f(r['analytical_epsilon_pld'], '.3g')} / {_f(r['analytical_epsilon_rdp'], '.3g')}{extra} | "
@@ -543,10 +544,12 @@ def exposure_markdown(rows: Sequence[dict[str, Any]], owners: Sequence[dict[str,
     lines = [f"## Membership-inference exposure ({first['dataset']})", "",
              "Total ε = the attacking client's budget over ALL its queries to the target in that row "
              f"(δ = {DELTA:g}); the per-query Gaussian noise σ is calibrated from it with the PLD accountant, "
-             "and the analytical total is given per accountant. Members vs non-members: "
-             f"{first['members']} vs {first['non_members']} (single owner: its shard). Empirical ε lower: "
-             f"{CONFIDENCE:.0%} confidence, δ = {DELTA:g}; 'refutable ≤' is the largest ε this sample could "
-             "refute at all. Test acc: the target's accuracy on the test split at the same per-query noise.", "",
+             "and the analytical total is given per accountant. Members: the single owner's shard, or the union "
+             "of the owners' records (at most the grid's max_members); queries = members + non-members times the "
+             "attack's queries per record. Empirical ε lower: the audit's Clopper-Pearson bound "
+             f"({CONFIDENCE:.0%} confidence, δ = {DELTA:g}; threshold chosen on half the records, tested on the "
+             "other half); 'refutable ≤' is the largest ε that audit could refute at all. Test acc: the target's "
+             "accuracy on the test split at the same per-query noise (those queries are not in the total).", "",
              header, rule]
     lines += [line(r) for r in rows if r["members_subset"] == "all"]
     dup = [r for r in rows if r["members_subset"] == "duplicated"]
