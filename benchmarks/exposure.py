@@ -78,7 +78,7 @@ import functools
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -576,7 +576,53 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_MNIST_ROOT,
                         help="folder with MNIST (mnist.npz or torchvision's files); digits when missing")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, training, attacks and noise")
+    parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
+                        help="run only these settings of the grid (same results as in a run of all: each "
+                             "setting is seeded on its own), e.g. to run settings in parallel processes")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
+                        help="measure nothing: merge the exposure.csv/json of these runs into --out")
     return parser.parse_args(argv)
+
+
+def _select(grid: ExposureGrid, names: Sequence[str] | None) -> ExposureGrid:
+    if names is None:
+        return grid
+    known = [s.name for s in grid.settings]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; this grid has {known}")
+    return replace(grid, settings=tuple(s for s in grid.settings if s.name in names))
+
+
+def combine(parts: Sequence[Path], out: Path, command: str) -> int:
+    """Merge finished runs (rows and owners in the order given) into one exposure.csv/md/json."""
+    import json
+
+    from .report import read_csv, write_csv, write_json
+
+    rows: list[dict[str, Any]] = []
+    owners: list[dict[str, Any]] = []
+    metas = []
+    for part in parts:
+        meta = json.loads((part / "exposure.json").read_text())
+        if not meta.get("complete"):
+            raise SystemExit(f"{part} is not a finished run (exposure.json has complete = false)")
+        metas.append(meta)
+        rows += [{c: r.get(c) for c in COLUMNS} for r in read_csv(part / "exposure.csv")]
+        owners += meta["owners"]
+    if len({(m["dataset"], m["seed"], m["git_commit"]) for m in metas}) != 1:
+        raise SystemExit("the runs differ in dataset, seed or commit; not merging")
+    merged = {**metas[0], "command": command, "parts": [{"dir": str(p), "command": m["command"],
+                                                         "date_utc": m["date_utc"], "wall_seconds": m["wall_seconds"]}
+                                                        for p, m in zip(parts, metas)],
+              "owners": owners, "wall_seconds": sum(m["wall_seconds"] for m in metas)}
+    merged["grid"]["settings"] = [s for m in metas for s in m["grid"]["settings"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "exposure.csv")
+    write_json(merged, out / "exposure.json")
+    (out / "exposure.md").write_text(exposure_markdown(rows, owners))
+    print(f"exposure: {len(rows)} rows of {len(parts)} runs merged into {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -586,15 +632,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    command = " ".join([Path(sys.executable).name, "-m", "benchmarks.exposure", *argv])
     out = args.out or REPO_ROOT / "benchmarks" / "results" / f"exposure-{datetime.now():%Y%m%d-%H%M%S}"
+    if args.combine:
+        return combine(args.combine, out, command)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(argv)
-    env["command"] = " ".join([Path(sys.executable).name, "-m", "benchmarks.exposure", *argv])
-    grid = QUICK if args.quick else FULL
+    env["command"] = command
+    grid = _select(QUICK if args.quick else FULL, args.settings)
     meta: dict[str, Any] = {**env, "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "seed": args.seed, "requested_grid": asdict(grid), "delta": DELTA,
                             "per_query_delta": PER_QUERY_DELTA, "calibration_accountant": CALIBRATION_ACCOUNTANT,
-                            "reported_accountants": list(REPORTED_ACCOUNTANTS), "confidence": CONFIDENCE}
+                            "reported_accountants": list(REPORTED_ACCOUNTANTS), "confidence": CONFIDENCE,
+                            "complete": False}
     rows: list[dict[str, Any]] = []
     owners: list[dict[str, Any]] = []
     used: dict[str, Any] = {}
@@ -602,11 +652,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in run(grid, root=args.data_root, seed=args.seed, owners_out=owners, used=used):
         rows.append(row)
         write_csv(rows, out / "exposure.csv")
+        meta.update(dataset=used["dataset"], grid=asdict(used["grid"]), owners=owners,
+                    wall_seconds=time.perf_counter() - begin)
+        write_json(meta, out / "exposure.json")  # so far (complete = false until the end)
         tqdm.write(f"exposure: {row['setting']} {row['target']} ε={row['total_epsilon']} {row['attack']} "
                    f"({row['members_subset']}): AUC {row['auc']:.3f}, TPR@1% {row['tpr_at_1pct_fpr']:.3f}, "
                    f"emp. ε {row['empirical_epsilon_lower']:.2f}, test acc {row['test_accuracy']:.3f}")
     meta.update(dataset=used["dataset"], grid=asdict(used["grid"]), owners=owners,
-                wall_seconds=time.perf_counter() - begin)
+                wall_seconds=time.perf_counter() - begin, complete=True)
     write_json(meta, out / "exposure.json")
     (out / "exposure.md").write_text(exposure_markdown(rows, owners))
     print(f"exposure: {meta['wall_seconds']:.0f} s; results in {out}")
