@@ -141,6 +141,7 @@ class ExposureGrid:
     noise_std: float
     boundary_records: int  # members (= non-members) for HopSkipJump, noiseless targets only (0: skip)
     boundary: dict[str, int] = field(hash=False, default_factory=dict)
+    noiseless: bool = True  # also the single-owner and plaintext-ensemble targets
     resamples: int = 500
     lr: float = 3e-3
     batch_size: int = 32
@@ -216,6 +217,22 @@ def calibrate_total(total_epsilon: float, queries: int, *, delta: float = DELTA,
             break
     mechanism = GaussianNoise(epsilon=low, delta=PER_QUERY_DELTA)  # scale >= target: at least the noise asked
     reached = composed(mechanism, queries, accountant=accountant, delta=delta)
+    if reached < total_epsilon * (1 - rel_tol):  # large totals: the accountant finds the analytic sigma loose;
+        high = low * 2                            # refine on the accountant itself, staying at or below the total
+        while composed(GaussianNoise(epsilon=high, delta=PER_QUERY_DELTA), queries, accountant=accountant,
+                       delta=delta) <= total_epsilon:
+            low, high = high, high * 2
+        for _ in range(60):
+            middle = math.sqrt(low * high)
+            if composed(GaussianNoise(epsilon=middle, delta=PER_QUERY_DELTA), queries, accountant=accountant,
+                        delta=delta) <= total_epsilon:
+                low = middle
+            else:
+                high = middle
+            if high / low - 1 < rel_tol / 10:
+                break
+        mechanism = GaussianNoise(epsilon=low, delta=PER_QUERY_DELTA)
+        reached = composed(mechanism, queries, accountant=accountant, delta=delta)
     if abs(reached - total_epsilon) > rel_tol * total_epsilon:
         raise RuntimeError(f"calibration missed: {queries} queries compose to {reached} ({accountant}), "
                            f"asked {total_epsilon}")
@@ -403,8 +420,8 @@ def attack_rows(prep: Prepared, grid: ExposureGrid, *, seed: int) -> Iterator[di
     """Every (target, total epsilon, attack) of one prepared setting; a row per member subset."""
     ds = prep.dataset
     by_target = games(prep, grid, seed=seed)
-    plan = [("single_owner", math.inf), ("plaintext_ensemble", math.inf),
-            *(("private_ensemble", eps) for eps in grid.total_epsilons)]
+    plan = [("single_owner", math.inf), ("plaintext_ensemble", math.inf)] if grid.noiseless else []
+    plan += [("private_ensemble", eps) for eps in grid.total_epsilons]
     duplicated = set(prep.duplicated.tolist())
     for target, total in plan:
         game = by_target["single_owner" if target == "single_owner" else "ensemble"]
@@ -619,6 +636,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                         help="run only these settings of the grid (same results as in a run of all: each "
                              "setting is seeded on its own), e.g. to run settings in parallel processes")
+    parser.add_argument("--totals", nargs="+", type=float, default=None, metavar="EPS",
+                        help="total epsilons of the private rows instead of the grid's (1, 4, 16)")
+    parser.add_argument("--private-only", action="store_true",
+                        help="only the private-ensemble rows (e.g. with --totals, to add totals to a finished run)")
     parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
                         help="measure nothing: merge the exposure.csv/json of these runs into --out")
     return parser.parse_args(argv)
@@ -650,9 +671,10 @@ def combine(parts: Sequence[Path], out: Path, command: str) -> int:
         metas.append(meta)
         rows += [{c: r.get(c) for c in COLUMNS} for r in read_csv(part / "exposure.csv")]
         owners += meta["owners"]
-    if len({(m["dataset"], m["seed"], m["git_commit"]) for m in metas}) != 1:
-        raise SystemExit("the runs differ in dataset, seed or commit; not merging")
+    if len({(m["dataset"], m["seed"]) for m in metas}) != 1:
+        raise SystemExit("the runs differ in dataset or seed; not merging")
     merged = {**metas[0], "command": command, "parts": [{"dir": str(p), "command": m["command"],
+                                                         "git_commit": m["git_commit"],
                                                          "date_utc": m["date_utc"], "wall_seconds": m["wall_seconds"]}
                                                         for p, m in zip(parts, metas)],
               "owners": owners, "wall_seconds": sum(m["wall_seconds"] for m in metas)}
@@ -680,6 +702,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(argv)
     env["command"] = command
     grid = _select(QUICK if args.quick else FULL, args.settings)
+    if args.totals:
+        if not all(math.isfinite(t) and t > 0 for t in args.totals):
+            raise SystemExit(f"--totals must be finite numbers > 0, got {args.totals}")
+        grid = replace(grid, total_epsilons=tuple(args.totals))
+    if args.private_only:
+        grid = replace(grid, noiseless=False)
     meta: dict[str, Any] = {**env, "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "seed": args.seed, "requested_grid": asdict(grid), "delta": DELTA,
                             "per_query_delta": PER_QUERY_DELTA, "calibration_accountant": CALIBRATION_ACCOUNTANT,
