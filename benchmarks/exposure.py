@@ -69,6 +69,10 @@ whose empirical lower bound exceeded its analytical total would be a bug.
 
 Run alone (``python -m benchmarks.exposure --out DIR``: exposure.csv,
 exposure.md, exposure.json) or as ``python -m benchmarks.run --suite exposure``.
+Settings are seeded independently, so ``--settings NAME`` runs can go in
+parallel processes and be merged with ``--combine DIR...``; ``--totals`` with
+``--private-only`` adds private rows at other totals (e.g. large ones, to see
+where the private ensemble's accuracy comes back) to a finished run.
 """
 
 from __future__ import annotations
