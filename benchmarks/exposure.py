@@ -572,7 +572,7 @@ def headline(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"| {setting} ({a['owners']} × {a['shard']}{', dup ' + format(a['duplicate_fraction'], 'g') if a['duplicate_fraction'] else ''}) "
             f"| {target} | {_f(total, 'g')} | {_interval(a, 'auc')} ({a['attack']}) | {_interval(t1, 'tpr_at_1pct_fpr')} "
             f"| {_interval(t01, 'tpr_at_01pct_fpr')} | {_f(e['empirical_epsilon_lower'], '.2f')} "
-            f"(≤ {_f(e['max_refutable_epsilon'], '.2f')} refutable{'; ' + e['attack'] if e['empirical_epsilon_lower'] > 0 else ''}) "
+            f"(≤ {_f(e['max_refutable_epsilon'], '.2f')} refutable{'; ' + e['attack'] if e['empirical_epsilon_lower'] >= 0.005 else ''}) "
             f"| {_f(fixed[0]['analytical_epsilon_pld'], '.3g')} | "
             f"{'/'.join(sorted({_f(r['test_accuracy']) for r in fixed}))} | "
             f"{_f(a['owner_train_accuracy'])} / {_f(a['owner_test_accuracy'])} |")
@@ -674,7 +674,13 @@ def combine(parts: Sequence[Path], out: Path, command: str) -> int:
             raise SystemExit(f"{part} is not a finished run (exposure.json has complete = false)")
         metas.append(meta)
         rows += [{c: r.get(c) for c in COLUMNS} for r in read_csv(part / "exposure.csv")]
-        owners += meta["owners"]
+        for owner in meta["owners"]:  # a setting run twice (e.g. --totals) trains the same owners again
+            same = [o for o in owners if (o["setting"], o["role"], o["index"]) == (owner["setting"], owner["role"],
+                                                                                   owner["index"])]
+            if same and same[0] != owner:
+                raise SystemExit(f"{part}: owner {owner} differs from the same owner of an earlier run")
+            if not same:
+                owners.append(owner)
     if len({(m["dataset"], m["seed"]) for m in metas}) != 1:
         raise SystemExit("the runs differ in dataset or seed; not merging")
     merged = {**metas[0], "command": command, "parts": [{"dir": str(p), "command": m["command"],
@@ -682,7 +688,8 @@ def combine(parts: Sequence[Path], out: Path, command: str) -> int:
                                                          "date_utc": m["date_utc"], "wall_seconds": m["wall_seconds"]}
                                                         for p, m in zip(parts, metas)],
               "owners": owners, "wall_seconds": sum(m["wall_seconds"] for m in metas)}
-    merged["grid"]["settings"] = [s for m in metas for s in m["grid"]["settings"]]
+    merged["grid"]["settings"] = list({s["name"]: s for m in metas for s in m["grid"]["settings"]}.values())
+    merged["grid"]["total_epsilons"] = sorted({t for m in metas for t in m["grid"]["total_epsilons"]})
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "exposure.csv")
     write_json(merged, out / "exposure.json")
