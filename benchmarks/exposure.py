@@ -568,14 +568,16 @@ def headline(rows: Sequence[dict[str, Any]]) -> list[str]:
         a, t1, t01, e = (best(group, c) for c in ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr",
                                                    "empirical_epsilon_lower"))
         fixed = [r for r in group if not str(r["attack"]).startswith("boundary")] or group
+        dup = f", dup {a['duplicate_fraction']:g}" if a["duplicate_fraction"] else ""
+        which = f"; {e['attack']}" if e["empirical_epsilon_lower"] >= 0.005 else ""
+        accuracies = "/".join(sorted({_f(r["test_accuracy"]) for r in fixed}))
         lines.append(
-            f"| {setting} ({a['owners']} × {a['shard']}{', dup ' + format(a['duplicate_fraction'], 'g') if a['duplicate_fraction'] else ''}) "
-            f"| {target} | {_f(total, 'g')} | {_interval(a, 'auc')} ({a['attack']}) | {_interval(t1, 'tpr_at_1pct_fpr')} "
+            f"| {setting} ({a['owners']} × {a['shard']}{dup}) | {target} | {_f(total, 'g')} "
+            f"| {_interval(a, 'auc')} ({a['attack']}) | {_interval(t1, 'tpr_at_1pct_fpr')} "
             f"| {_interval(t01, 'tpr_at_01pct_fpr')} | {_f(e['empirical_epsilon_lower'], '.2f')} "
-            f"(≤ {_f(e['max_refutable_epsilon'], '.2f')} refutable{'; ' + e['attack'] if e['empirical_epsilon_lower'] >= 0.005 else ''}) "
-            f"| {_f(fixed[0]['analytical_epsilon_pld'], '.3g')} | "
-            f"{'/'.join(sorted({_f(r['test_accuracy']) for r in fixed}))} | "
-            f"{_f(a['owner_train_accuracy'])} / {_f(a['owner_test_accuracy'])} |")
+            f"(≤ {_f(e['max_refutable_epsilon'], '.2f')} refutable{which}) "
+            f"| {_f(fixed[0]['analytical_epsilon_pld'], '.3g')} | {accuracies} "
+            f"| {_f(a['owner_train_accuracy'])} / {_f(a['owner_test_accuracy'])} |")
     attacks = sorted({r["attack"] for r in rows})
     return [f"Strongest of the {len(attacks)} attacks ({', '.join(attacks)}) per target: the maximum is chosen "
             "by the evaluator with the ground truth (optimistic for the attacker); the largest of A empirical "
@@ -588,13 +590,15 @@ def exposure_markdown(rows: Sequence[dict[str, Any]], owners: Sequence[dict[str,
     """The summary: the exposure table (every attack), the duplicated-record rows and the owners' accuracies."""
     if not rows:
         return ""
-    header = ("| setting | target | total ε | attack | members / non-members | queries | σ/query | AUC [95% CI] | TPR@1%FPR [95% CI] "
-              "| TPR@0.1%FPR [95% CI] | emp. ε lower | refutable ≤ | analytical ε PLD / RDP | test acc |")
+    header = ("| setting | target | total ε | attack | members / non-members | queries | σ/query | AUC [95% CI] "
+              "| TPR@1%FPR [95% CI] | TPR@0.1%FPR [95% CI] | emp. ε lower | refutable ≤ | analytical ε PLD / RDP "
+              "| test acc |")
     rule = "|" + "---|" * (header.count("|") - 1)
 
     def line(r: dict[str, Any], extra: str = "") -> str:
         return (f"| {r['setting']} | {r['target']} | {_f(r['total_epsilon'], 'g')} | {r['attack']} | "
-                f"{r['members']} / {r['non_members']} | {r['queries_total']} | {_f(r['noise_sigma'], '.3g')} | {_interval(r, 'auc')} | "
+                f"{r['members']} / {r['non_members']} | {r['queries_total']} | {_f(r['noise_sigma'], '.3g')} | "
+                f"{_interval(r, 'auc')} | "
                 f"{_interval(r, 'tpr_at_1pct_fpr')} | {_interval(r, 'tpr_at_01pct_fpr')} | "
                 f"{_f(r['empirical_epsilon_lower'], '.2f')} | {_f(r['max_refutable_epsilon'], '.2f')} | "
                 f"{_f(r['analytical_epsilon_pld'], '.3g')} / {_f(r['analytical_epsilon_rdp'], '.3g')}{extra} | "
