@@ -3,14 +3,16 @@
 Writes ``docs/results/cost.csv`` (one row per configuration) and
 ``docs/results/cost.json`` (the command, commit, date, machine and the columns
 the README shows). Configurations, each one ensemble of N = 2 servers + dealer,
-Laplace votes at epsilon 1 per query, stacked owners, untrained seeded models
+Laplace votes at epsilon 1 per query, untrained seeded models
 (rounds, bytes and seconds do not depend on the weights), measured by
 :func:`benchmarks.perf.run_configuration`: one warm-up call, then
 ``--repeats`` calls with the dealer on-line and ``--repeats`` from stock:
 
 * the README's example call (5 MLP owners, 30 features, batch 8);
 * small_cnn (the reference CNN, 1x28x28) at K = 1, 10 and 50, batch 8;
-* coarse_cnn (the MPC-friendly variant) at K = 10, batch 8.
+* coarse_cnn (the MPC-friendly variant) at K = 10, batch 8;
+* small_cnn at K = 10 and 50, batch 8, NOT stacked (the naive schedule:
+  one network per owner, evaluated one after the other).
 
 Rounds and bytes are exact counts (the same on every run of the same
 configuration); seconds are medians on whatever machine runs it, and on a
@@ -33,13 +35,15 @@ from .measure import attempt
 from .perf import run_configuration
 from .report import write_csv, write_json
 
-#: (workload label, architecture, owners K, batch)
+#: (workload label, architecture, owners K, batch, stacked)
 POINTS = (
-    ("README call", "readme_mlp", 5, 8),
-    ("small_cnn", "small_cnn", 1, 8),
-    ("small_cnn", "small_cnn", 10, 8),
-    ("small_cnn", "small_cnn", 50, 8),
-    ("coarse_cnn", "coarse_cnn", 10, 8),
+    ("README call", "readme_mlp", 5, 8, True),
+    ("small_cnn (stacked)", "small_cnn", 1, 8, True),
+    ("small_cnn (stacked)", "small_cnn", 10, 8, True),
+    ("small_cnn (stacked)", "small_cnn", 50, 8, True),
+    ("coarse_cnn", "coarse_cnn", 10, 8, True),
+    ("small_cnn (naive: one network per owner)", "small_cnn", 10, 8, False),
+    ("small_cnn (naive: one network per owner)", "small_cnn", 50, 8, False),
 )
 
 #: What the README shows (rendered by ``python -m benchmarks.tables``).
@@ -47,13 +51,46 @@ COLUMNS = [
     {"column": "workload", "header": "owners' model"},
     {"column": "owners", "header": "K", "format": "d"},
     {"column": "batch", "header": "batch", "format": "d"},
-    {"column": "live_rounds_per_batch", "header": "rounds (dealer on-line)", "format": "d"},
-    {"column": "precomputed_rounds_per_batch", "header": "rounds (from stock)", "format": "d"},
-    {"column": "live_bytes_per_query", "header": "MB per query (all servers)", "format": ".3g", "scale": 1e-6},
-    {"column": "live_seconds_per_query", "header": "s per query (dealer on-line)", "format": ".3g"},
-    {"column": "precomputed_seconds_per_query", "header": "s per query (from stock)", "format": ".3g"},
-    {"column": "plaintext_seconds_per_query", "header": "plaintext ms per query", "format": ".3g", "scale": 1e3},
+    {"column": "live_rounds_per_batch", "header": "rounds, dealer on-line", "format": "d"},
+    {"column": "precomputed_rounds_per_batch", "header": "rounds, from stock", "format": "d"},
+    {"column": "live_bytes_per_query", "header": "MB/query, dealer on-line", "format": ".3g", "scale": 1e-6},
+    {"column": "precomputed_bytes_per_query", "header": "MB/query, from stock", "format": ".3g", "scale": 1e-6},
+    {"column": "live_seconds_per_query", "header": "s/query, dealer on-line", "format": ".2g"},
+    {"column": "precomputed_seconds_per_query", "header": "s/query, from stock", "format": ".2g"},
+    {"column": "plaintext_seconds_per_query", "header": "plaintext ms/query", "format": ".2g", "scale": 1e3},
 ]
+
+#: Further tables of the same file (docs/speed.md).
+VIEWS = {
+    "offline": {"columns": [
+        {"column": "workload", "header": "owners' model"},
+        {"column": "owners", "header": "K", "format": "d"},
+        {"column": "batch", "header": "batch", "format": "d"},
+        {"column": "precomputed_offline_rounds_per_batch", "header": "offline rounds/batch", "format": "d"},
+        {"column": "precomputed_offline_bytes_per_query", "header": "offline MB/query", "format": ".3g",
+         "scale": 1e-6},
+        {"column": "precomputed_offline_seconds_per_batch", "header": "offline s/batch", "format": ".2g"},
+        {"column": "precomputed_stock_mib_per_query", "header": "stock MiB/query/server", "format": ".3g"},
+        {"column": "live_mpc_seconds_per_batch", "header": "MPC s/batch, dealer on-line", "format": ".2g"},
+        {"column": "precomputed_mpc_seconds_per_batch", "header": "MPC s/batch, from stock", "format": ".2g"},
+        {"column": "server_peak_mib", "header": "server peak MiB", "format": ".0f"},
+        {"column": "dealer_peak_mib", "header": "dealer peak MiB", "format": ".0f"},
+    ]},
+    "profile": {"columns": [
+        {"column": "workload", "header": "owners' model"},
+        {"column": "owners", "header": "K", "format": "d"},
+        {"column": "live_profile_total_seconds", "header": "dealer on-line: total s", "format": ".2g"},
+        {"column": "live_profile_communication_seconds", "header": "communication", "format": ".2g"},
+        {"column": "live_profile_dealer_seconds", "header": "dealer", "format": ".2g"},
+        {"column": "precomputed_profile_total_seconds", "header": "from stock: total s", "format": ".2g"},
+        {"column": "precomputed_profile_communication_seconds", "header": "communication", "format": ".2g"},
+        {"column": "precomputed_profile_activation_seconds", "header": "activation", "format": ".2g"},
+        {"column": "precomputed_profile_linear_seconds", "header": "linear", "format": ".2g"},
+        {"column": "precomputed_profile_aggregation_clamp+histogram_seconds", "header": "clamp + histogram",
+         "format": ".2g"},
+        {"column": "precomputed_profile_aggregation_release_seconds", "header": "noisy argmax", "format": ".2g"},
+    ]},
+}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -72,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     begin = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for workload, arch, owners, batch in POINTS:
-        row, error = attempt(lambda: run_configuration(arch, owners, batch, stacking=True,
+    for workload, arch, owners, batch, stacked in POINTS:
+        row, error = attempt(lambda: run_configuration(arch, owners, batch, stacking=stacked,
                                                        repeats=args.repeats, seed=args.seed))
-        rows.append({"workload": workload, **(row or {"arch": arch, "owners": owners, "batch": batch}),
+        rows.append({"workload": workload, **(row or {"arch": arch, "owners": owners, "batch": batch,
+                                                      "stacking": stacked}),
                      "error": error})
         write_csv(rows, args.out / "cost.csv")
         print(f"cost: {workload} K={owners}: {error or 'done'}", flush=True)
@@ -90,11 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
                     f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after), one host, loopback; "
                     f"{wall:.0f} s wall"),
-        "notes": ("N = 2 servers + dealer, Laplace votes at epsilon 1 per query, stacked owners, batch 8; "
+        "notes": ("N = 2 servers + dealer, Laplace votes at epsilon 1 per query, batch 8; stacked owners except "
+                  "the naive rows (one network per owner, one after the other); "
                   "rounds and bytes are exact counts; seconds are medians of "
-                  f"{args.repeats} calls on a shared machine and are noisy. Bytes are summed over the "
-                  "servers (what CrypTen counts as sent), per query."),
+                  f"{args.repeats} calls on a shared machine and are noisy. Bytes per query are CrypTen's counts summed "
+                  "over the servers: each party counts what it sends AND what it receives, so a byte between two "
+                  "servers is counted twice (halve for the bytes on the wire); with the dealer on-line they "
+                  "include the servers' exchanges with the dealer (the offline bytes of the from-stock rows)."),
         "columns": COLUMNS,
+        "views": VIEWS,
     }
     write_json(meta, args.out / "cost.json")
     print(f"cost: {wall:.0f} s; {args.out / 'cost.csv'}")
