@@ -13,6 +13,9 @@ Every result the documentation shows is two small committed files under
   ``"d"`` rounds to an integer; without ``format`` the cell is shown as
   written). ``"views": {"VIEW": {"columns": [...], "where": {"col": [values]}}}``
   defines further tables of the same file (other columns, a subset of rows).
+  The same specs may instead live in ``docs/results/views.json`` under
+  ``"NAME"`` or ``"NAME:VIEW"`` (it takes precedence), for results whose
+  command rewrites its JSON without them.
 
 A Markdown file marks where a table goes::
 
@@ -43,6 +46,7 @@ from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("docs") / "results"
+VIEWS_FILE = "views.json"
 MARKER = re.compile(r"<!-- table: (?P<name>[A-Za-z0-9_.-]+)(?::(?P<view>[A-Za-z0-9_.-]+))? -->\n"
                     r"(?P<body>.*?)<!-- /table -->", re.S)
 OPENING = re.compile(r"<!-- table: ([^>]*?) -->")
@@ -95,14 +99,30 @@ def format_cell(value: str, spec: dict[str, Any]) -> str:
     return format(number, fmt)
 
 
-def _selection(meta: dict[str, Any], rows: list[dict[str, str]], name: str, view: str | None,
+def display_specs(root: Path) -> dict[str, Any]:
+    """``docs/results/views.json``: display specs kept apart from results whose command rewrites their JSON."""
+    path = root / RESULTS / VIEWS_FILE
+    if not path.exists():
+        return {}
+    try:
+        specs = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TableError(f"{path.relative_to(root)} is not valid JSON ({err})") from None
+    if not isinstance(specs, dict):
+        raise TableError(f"{path.relative_to(root)} must be an object: {{\"NAME\" or \"NAME:VIEW\": spec}}")
+    return specs
+
+
+def _selection(root: Path, meta: dict[str, Any], rows: list[dict[str, str]], name: str, view: str | None,
                ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    spec: dict[str, Any] = meta
-    if view is not None:
+    label = f"{name}:{view}" if view else name
+    spec: dict[str, Any] | None = display_specs(root).get(label)
+    if spec is None and view is not None:
         views = meta.get("views") or {}
         if view not in views:
-            raise TableError(f"result {name!r} has no view {view!r} (views: {sorted(views) or 'none'})")
+            raise TableError(f"result {name!r} has no view {view!r} (in {name}.json or {VIEWS_FILE})")
         spec = views[view]
+    spec = meta if spec is None else spec
     columns = spec.get("columns") or [{"column": c, "header": c} for c in (rows[0] if rows else {})]
     missing = [c["column"] for c in columns if rows and c["column"] not in rows[0]]
     if missing:
@@ -116,7 +136,7 @@ def _selection(meta: dict[str, Any], rows: list[dict[str, str]], name: str, view
 def render(root: Path, name: str, view: str | None, document: Path) -> str:
     """The Markdown table of one marker, and the note naming its source and command."""
     meta, rows = load_result(root, name)
-    columns, selected = _selection(meta, rows, name, view)
+    columns, selected = _selection(root, meta, rows, name, view)
     lines = ["| " + " | ".join(c.get("header", c["column"]) for c in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(r.get(c["column"], ""), c) for c in columns) + " |" for r in selected]
@@ -154,6 +174,7 @@ def check_results(root: Path) -> None:
     """Every CSV under docs/results/ has its JSON with a command (also results no document shows)."""
     for csv_path in sorted((root / RESULTS).glob("*.csv")):
         load_result(root, csv_path.stem)
+    display_specs(root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
