@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
     begin = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for workload, arch, owners, batch, stacked in POINTS:
@@ -118,11 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_csv(rows, args.out / "cost.csv")
         print(f"cost: {workload} K={owners}: {error or 'done'}", flush=True)
     wall = time.perf_counter() - begin
-    status = _git("status", "--porcelain")
     meta = {
         "title": "Cost of one private prediction call",
         "command": "python -m benchmarks.cost" + "".join(f" {a}" for a in argv),
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": commit,  # the code that ran: the checkout when the run started
         "git_dirty": None if status is None else bool(status),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "

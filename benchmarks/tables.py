@@ -145,7 +145,8 @@ def render(root: Path, name: str, view: str | None, document: Path) -> str:
                            for k in ("git_commit", "date") if meta.get(k))
     note = f"<sub>Source: [`{RESULTS.as_posix()}/{name}.csv`]({source})"
     note += f" ({provenance})" if provenance else ""
-    note += f"; regenerate: `{meta['command']}`.</sub>"
+    note += f"; regenerate: `{meta['command']}`"
+    note += f"; machine: {meta['machine']}.</sub>" if meta.get("machine") else ".</sub>"
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
