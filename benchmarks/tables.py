@@ -11,8 +11,15 @@ Every result the documentation shows is two small committed files under
   ``{"column": ..., "header": ..., "format": ".3g", "scale": 1e-6}``
   (``format`` is a Python format spec applied to the number times ``scale``;
   ``"d"`` rounds to an integer; without ``format`` the cell is shown as
-  written). ``"views": {"VIEW": {"columns": [...], "where": {"col": [values]}}}``
-  defines further tables of the same file (other columns, a subset of rows).
+  written), or ``{"template": "{auc:.2f} [{auc_low:.2f}, {auc_high:.2f}]",
+  "header": ...}`` (``str.format`` over the row, numbers as floats, infinity
+  as ∞). ``"views": {"VIEW": {...}}`` defines further tables of the same file.
+  A spec may also have ``"where": {"col": value or [values]}`` (keep only
+  those rows), ``"sort_by": [cols]`` (numbers numerically) and
+  ``"group_by": [cols]``: one table row per group, each column taking the one
+  row of the group that its own ``"match": {"col": value}`` selects (a
+  long-format CSV shown as a wide table), or with ``"keep_max": col`` the row
+  of the group with the largest value of ``col`` (e.g. the best attack).
   The same specs may instead live in ``docs/results/views.json`` under
   ``"NAME"`` or ``"NAME:VIEW"`` (it takes precedence), for results whose
   command rewrites its JSON without them.
@@ -40,6 +47,7 @@ import json
 import math
 import os
 import re
+import string
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -99,6 +107,88 @@ def format_cell(value: str, spec: dict[str, Any]) -> str:
     return format(number, fmt)
 
 
+class _CellFormatter(string.Formatter):
+    """``str.format`` over a row whose numbers are floats: infinity as ∞, NaN and empty cells as –."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "–"
+            if math.isinf(value):
+                return "∞" if value > 0 else "-∞"
+            if format_spec.endswith("d"):
+                return format(int(round(value)), format_spec)
+        return format(value, format_spec)
+
+
+def _number(text: str) -> Any:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cell(row: dict[str, str] | None, spec: dict[str, Any]) -> str:
+    """One cell of a column spec: ``template`` (``str.format`` over the row) or ``column`` with ``format``."""
+    if row is None:
+        return "–"
+    if "template" in spec:
+        values = {key: _number(value) for key, value in row.items()}
+        try:
+            text = _CellFormatter().format(spec["template"], **values)
+        except (KeyError, IndexError) as err:
+            raise TableError(f"template {spec['template']!r} names a column that is not in the CSV ({err})") from None
+        except (ValueError, TypeError):
+            text = "–"  # e.g. a number format applied to text
+        return text.replace("|", "\\|")
+    return format_cell(row.get(spec["column"], ""), spec)
+
+
+def _sort_key(text: str) -> tuple:
+    number = _number(text)
+    return (0, number, "") if isinstance(number, float) else (1, 0.0, str(text))
+
+
+def _matches(row: dict[str, str], condition: dict[str, Any]) -> bool:
+    def allowed(value: Any) -> set[str]:
+        return {str(v) for v in value} if isinstance(value, list) else {str(value)}
+
+    return all(str(row.get(col, "")) in allowed(value) for col, value in condition.items())
+
+
+def _table_rows(spec: dict[str, Any], columns: list[dict[str, Any]], rows: list[dict[str, str]],
+                name: str) -> list[list[str]]:
+    """The body: one line per row, or per group of ``group_by`` (each column then picks its row by ``match``)."""
+    selected = [r for r in rows if _matches(r, spec.get("where") or {})]
+    for key in reversed(spec.get("sort_by") or []):  # stable sorts: the first key decides first
+        selected.sort(key=lambda r: _sort_key(r.get(key, "")))
+    group_by = spec.get("group_by") or []
+    groups: dict[tuple, list[dict[str, str]]] = {}
+    for index, row in enumerate(selected):
+        groups.setdefault(tuple(row.get(c, "") for c in group_by) if group_by else (index,), []).append(row)
+    body = []
+    for members in groups.values():
+        if spec.get("keep_max"):  # e.g. the best attack per target
+            def value(row: dict[str, str]) -> float:
+                number = _number(row.get(spec["keep_max"], ""))
+                return number if isinstance(number, float) and not math.isnan(number) else -math.inf
+
+            members = [max(members, key=value)]
+        line = []
+        for column in columns:
+            picked = [r for r in members if _matches(r, column.get("match") or {})]
+            if len(picked) > 1 and column.get("match") is not None:
+                raise TableError(f"result {name!r}: column {column.get('header')!r} matches {len(picked)} rows "
+                                 "of one group (add a condition to its match or to group_by)")
+            line.append(cell(picked[0] if picked else None, column))
+        body.append(line)
+    return body
+
+
 def display_specs(root: Path) -> dict[str, Any]:
     """``docs/results/views.json``: display specs kept apart from results whose command rewrites their JSON."""
     path = root / RESULTS / VIEWS_FILE
@@ -113,8 +203,7 @@ def display_specs(root: Path) -> dict[str, Any]:
     return specs
 
 
-def _selection(root: Path, meta: dict[str, Any], rows: list[dict[str, str]], name: str, view: str | None,
-               ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _spec(root: Path, meta: dict[str, Any], name: str, view: str | None) -> dict[str, Any]:
     label = f"{name}:{view}" if view else name
     spec: dict[str, Any] | None = display_specs(root).get(label)
     if spec is None and view is not None:
@@ -122,24 +211,31 @@ def _selection(root: Path, meta: dict[str, Any], rows: list[dict[str, str]], nam
         if view not in views:
             raise TableError(f"result {name!r} has no view {view!r} (in {name}.json or {VIEWS_FILE})")
         spec = views[view]
-    spec = meta if spec is None else spec
+    return meta if spec is None else spec
+
+
+def _columns(spec: dict[str, Any], rows: list[dict[str, str]], name: str) -> list[dict[str, Any]]:
     columns = spec.get("columns") or [{"column": c, "header": c} for c in (rows[0] if rows else {})]
-    missing = [c["column"] for c in columns if rows and c["column"] not in rows[0]]
+    for column in columns:
+        if "template" not in column and "column" not in column:
+            raise TableError(f"result {name!r}: a column spec needs \"column\" or \"template\": {column}")
+    missing = [c["column"] for c in columns if "column" in c and rows and c["column"] not in rows[0]]
+    named = (spec.get("group_by") or []) + (spec.get("sort_by") or []) + list(spec.get("where") or {})
+    named += [spec["keep_max"]] if spec.get("keep_max") else []
+    missing += [c for c in named if rows and c not in rows[0]]
     if missing:
         raise TableError(f"result {name!r}: columns {missing} are not in {name}.csv")
-    where = spec.get("where") or {}
-    selected = [r for r in rows if all(str(r.get(col, "")) in {str(v) for v in allowed}
-                                        for col, allowed in where.items())]
-    return columns, selected
+    return columns
 
 
 def render(root: Path, name: str, view: str | None, document: Path) -> str:
     """The Markdown table of one marker, and the note naming its source and command."""
     meta, rows = load_result(root, name)
-    columns, selected = _selection(root, meta, rows, name, view)
-    lines = ["| " + " | ".join(c.get("header", c["column"]) for c in columns) + " |",
+    spec = _spec(root, meta, name, view)
+    columns = _columns(spec, rows, name)
+    lines = ["| " + " | ".join(c.get("header", c.get("column", "")) for c in columns) + " |",
              "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(r.get(c["column"], ""), c) for c in columns) + " |" for r in selected]
+    lines += ["| " + " | ".join(line) + " |" for line in _table_rows(spec, columns, rows, name)]
     source = Path(os.path.relpath(root / RESULTS / f"{name}.csv", document.parent)).as_posix()
     provenance = ", ".join(str(meta[k])[:7] if k == "git_commit" else str(meta[k])
                            for k in ("git_commit", "date") if meta.get(k))

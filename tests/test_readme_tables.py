@@ -171,3 +171,43 @@ def test_views_json_takes_precedence_over_the_result_metadata(copy: Path) -> Non
     assert done.returncode == 0, done.stderr
     body = next(m.group(2) for m in MARKED.finditer((copy / "README.md").read_text()) if m.group(1) == "cost")
     assert body.splitlines()[0] == "| only this column |"
+
+
+LONG_CSV = """dataset,owners,estimator,accuracy,accuracy_lo,accuracy_hi,attack,auc
+mnist,10,mean owner,0.9,0.85,0.95,gap,0.51
+mnist,10,private,0.8,0.7,0.9,gap,0.52
+mnist,1,mean owner,0.97,0.96,0.98,gap,0.55
+mnist,1,private,inf,,,shift,0.61
+mnist,1,private,0.5,0.4,0.6,noise,
+fashion,1,mean owner,0.8,0.7,0.9,gap,0.5
+"""
+
+
+def test_a_long_format_result_is_pivoted_as_its_view_says(tmp_path: Path) -> None:
+    """group_by + match + template + where + sort_by + keep_max, against tables written out by hand."""
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "long.csv").write_text(LONG_CSV)
+    (tmp_path / "docs" / "results" / "long.json").write_text(json.dumps({"command": "python -m make_long"}))
+    acc = "{accuracy:.2f} [{accuracy_lo:.2f}, {accuracy_hi:.2f}]"
+    (tmp_path / "docs" / "results" / "views.json").write_text(json.dumps({
+        "long:wide": {"where": {"dataset": "mnist", "attack": ["gap"]}, "group_by": ["owners"], "sort_by": ["owners"],
+                      "columns": [{"header": "K", "column": "owners", "format": "d"},
+                                  {"header": "mean", "match": {"estimator": "mean owner"}, "template": acc},
+                                  {"header": "private", "match": {"estimator": "private"}, "template": acc}]},
+        "long:best": {"where": {"dataset": "mnist"}, "group_by": ["owners"], "keep_max": "auc",
+                      "columns": [{"header": "K", "column": "owners"}, {"header": "attack", "column": "attack"},
+                                  {"header": "accuracy", "template": acc}]},
+    }))
+    (tmp_path / "README.md").write_text("<!-- table: long:wide -->\n<!-- /table -->\n\n"
+                                        "<!-- table: long:best -->\n<!-- /table -->\n")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.tables", "--root", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    tables = [[line for line in body.splitlines() if line.startswith("|")]
+              for _, body in MARKED.findall((tmp_path / "README.md").read_text())]
+    assert tables[0] == ["| K | mean | private |", "|---|---|---|",
+                         "| 1 | 0.97 [0.96, 0.98] | – |",
+                         "| 10 | 0.90 [0.85, 0.95] | 0.80 [0.70, 0.90] |"]
+    assert tables[1] == ["| K | attack | accuracy |", "|---|---|---|",
+                         "| 10 | gap | 0.80 [0.70, 0.90] |",
+                         "| 1 | shift | ∞ [–, –] |"]
