@@ -20,6 +20,8 @@ Every result the documentation shows is two small committed files under
   row of the group that its own ``"match": {"col": value}`` selects (a
   long-format CSV shown as a wide table), or with ``"keep_max": col`` the row
   of the group with the largest value of ``col`` (e.g. the best attack).
+  ``"caption"``: a template rendered from the first row kept by ``where``,
+  shown above the table (for figures common to every row).
   The same specs may instead live in ``docs/results/views.json`` under
   ``"NAME"`` or ``"NAME:VIEW"`` (it takes precedence), for results whose
   command rewrites its JSON without them.
@@ -236,6 +238,9 @@ def render(root: Path, name: str, view: str | None, document: Path) -> str:
     lines = ["| " + " | ".join(c.get("header", c.get("column", "")) for c in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(line) + " |" for line in _table_rows(spec, columns, rows, name)]
+    if spec.get("caption"):  # a sentence above the table, its numbers taken from the first shown row
+        first = next((r for r in rows if _matches(r, spec.get("where") or {})), None)
+        lines = [cell(first, {"template": spec["caption"]}).replace("\\|", "|"), ""] + lines
     source = Path(os.path.relpath(root / RESULTS / f"{name}.csv", document.parent)).as_posix()
     provenance = ", ".join(str(meta[k])[:7] if k == "git_commit" else str(meta[k])
                            for k in ("git_commit", "date") if meta.get(k))

@@ -195,6 +195,7 @@ def test_a_long_format_result_is_pivoted_as_its_view_says(tmp_path: Path) -> Non
                                   {"header": "mean", "match": {"estimator": "mean owner"}, "template": acc},
                                   {"header": "private", "match": {"estimator": "private"}, "template": acc}]},
         "long:best": {"where": {"dataset": "mnist"}, "group_by": ["owners"], "keep_max": "auc",
+                      "caption": "On {dataset}, first K = {owners:d}.",
                       "columns": [{"header": "K", "column": "owners"}, {"header": "attack", "column": "attack"},
                                   {"header": "accuracy", "template": acc}]},
     }))
@@ -208,6 +209,7 @@ def test_a_long_format_result_is_pivoted_as_its_view_says(tmp_path: Path) -> Non
     assert tables[0] == ["| K | mean | private |", "|---|---|---|",
                          "| 1 | 0.97 [0.96, 0.98] | – |",
                          "| 10 | 0.90 [0.85, 0.95] | 0.80 [0.70, 0.90] |"]
+    assert "On mnist, first K = 10.\n\n| K | attack | accuracy |" in (tmp_path / "README.md").read_text()
     assert tables[1] == ["| K | attack | accuracy |", "|---|---|---|",
                          "| 10 | gap | 0.80 [0.70, 0.90] |",
                          "| 1 | shift | ∞ [–, –] |"]
