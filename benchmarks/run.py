@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .env import REPO_ROOT, environment
 from .grid import Grid, select
+from .exposure import DEFAULT_MNIST_ROOT, exposure_markdown, exposure_suite
 from .mia import mia_report, mia_suite
 from .perf import perf_report, perf_suite
 from .netmodel import NETWORKS
@@ -30,7 +31,7 @@ from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia")
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure")  # exposure: MIA where noiseless leaks
 DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")  # "mia" (attacks, minutes) only when asked for
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
@@ -55,6 +56,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="run the naive baseline only up to this K (default: 50, quick: 5)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: benchmarks/results/<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--mnist-root", type=Path, default=DEFAULT_MNIST_ROOT,
+                        help="folder with MNIST for the exposure suite (digits when missing)")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help="folder with pneumoniamnist.npz (skipped when missing)")
     parser.add_argument("--privacy-batch", type=_positive, default=128, help="queries per call in the privacy suite")
@@ -75,6 +78,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
                                          max_queries=args.privacy_max_queries),
         "perf": lambda: perf_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
+        "exposure": lambda: exposure_suite(quick=args.quick, seed=args.seed, root=args.mnist_root),
     }
     return runners[name]()
 
@@ -83,7 +87,9 @@ def _write_report(results: dict[str, list[dict[str, Any]]], env: dict[str, Any],
     plots = make_plots(results, out)
     mia_plots, mia_section = mia_report(results.get("mia"), out)
     perf_section = perf_report(results.get("perf"))
-    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + perf_section + mia_section)
+    exposure_section = exposure_markdown(results.get("exposure") or [])
+    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + perf_section + mia_section
+                                    + exposure_section)
 
 
 def _replot(out: Path) -> int:

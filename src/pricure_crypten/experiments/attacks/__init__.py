@@ -11,18 +11,22 @@ truth; each attack sees only the labels its oracle returns.
 * attacks: :mod:`.gap`, :mod:`.augmentation`, :mod:`.boundary` (ART's
   HopSkipJump), :mod:`.repeated`; thresholds from :mod:`.shadow` owners;
 * :mod:`.metrics`: AUC, balanced accuracy, TPR at low FPR with bootstrap
-  intervals, and the DP bound on the ROC.
+  intervals, and the DP bound on the ROC;
+* :mod:`.audit`: the empirical privacy audit, a lower bound on epsilon from
+  an attack's results, and the largest epsilon a sample of a given size can refute.
 
 The ART dependency (``adversarial-robustness-toolbox``) is imported only by
 :mod:`.boundary`, when the attack runs.
 """
 
+from .audit import AuditResult, empirical_epsilon, max_refutable_epsilon
 from .augmentation import AugmentationAttack
 from .base import LabelOnlyAttack
 from .boundary import BoundaryAttack, art_classifier
 from .gap import GapAttack
-from .metrics import (AttackReport, BoundCheck, Estimate, auc, balanced_accuracy, best_threshold, check_dp_bound,
-                      composed_epsilon, dp_tpr_bound, evaluate, roc, tpr_at_fpr)
+from .metrics import (AttackReport, BoundCheck, Estimate, TotalEpsilon, auc, balanced_accuracy, best_threshold,
+                      check_dp_bound, client_total_epsilon, composed_epsilon, dp_tpr_bound, evaluate,
+                      min_non_members, roc, tpr_at_fpr)
 from .oracle import ABSTAIN, BudgetedOracle, EnsembleOracle, LabelOracle, MPCOracle, SingleOwnerOracle
 from .recipes import Recipe, train_overfit
 from .repeated import RepeatedQueryAttack
@@ -30,9 +34,10 @@ from .shadow import calibrate_on_shadows
 from .splits import MembershipSplit, make_split, shadow_split
 
 __all__ = [
-    "ABSTAIN", "AttackReport", "AugmentationAttack", "BoundCheck", "BoundaryAttack", "BudgetedOracle",
-    "EnsembleOracle", "Estimate", "GapAttack", "LabelOnlyAttack", "LabelOracle", "MPCOracle", "MembershipSplit",
-    "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "art_classifier", "auc", "balanced_accuracy",
-    "best_threshold", "calibrate_on_shadows", "check_dp_bound", "composed_epsilon", "dp_tpr_bound", "evaluate",
-    "make_split", "roc", "shadow_split", "tpr_at_fpr", "train_overfit",
+    "ABSTAIN", "AttackReport", "AuditResult", "AugmentationAttack", "BoundCheck", "BoundaryAttack",
+    "BudgetedOracle", "EnsembleOracle", "Estimate", "GapAttack", "LabelOnlyAttack", "LabelOracle", "MPCOracle",
+    "MembershipSplit", "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "TotalEpsilon", "art_classifier",
+    "auc", "balanced_accuracy", "best_threshold", "calibrate_on_shadows", "check_dp_bound", "client_total_epsilon",
+    "composed_epsilon", "dp_tpr_bound", "empirical_epsilon", "evaluate", "make_split", "max_refutable_epsilon",
+    "min_non_members", "roc", "shadow_split", "tpr_at_fpr", "train_overfit",
 ]
