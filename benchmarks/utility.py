@@ -76,11 +76,10 @@ from pricure_crypten.experiments.data import Dataset, DatasetNotFoundError, load
 from pricure_crypten.experiments.models import build_model  # noqa: F401  (architecture names are checked there)
 from pricure_crypten.experiments.partition import partition
 from pricure_crypten.experiments.training import train_owners
-from pricure_crypten.privacy.accounting import make_accountant
+from pricure_crypten.privacy.accounting import ReleaseCost, make_accountant
 from pricure_crypten.privacy.noise import ConfidentGNMax, NoiseMechanism, calibrate
 
 from .env import REPO_ROOT, environment
-from .report import write_csv, write_json
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 FOLDERS = {"mnist": "mnist", "fashion-mnist": "mnist", "pneumoniamnist": "medmnist"}
@@ -95,8 +94,8 @@ class UtilityConfig:
     owners: tuple[int, ...] = (1, 5, 10, 25, 50, 100, 250)
     seeds: tuple[int, ...] = (0, 1, 2)
     arch: str = "coarse_cnn"
-    epochs: int = 30
-    patience: int = 5
+    epochs: int = 15
+    patience: int = 3
     batch_size: int = 32
     per_query_epsilons: tuple[float, ...] = (1.0, 4.0)
     total_epsilons: tuple[float, ...] = (4.0, 16.0)
@@ -104,7 +103,7 @@ class UtilityConfig:
     delta: float = 1e-5
     accountant: str = "pld"
     mechanisms: tuple[str, ...] = ("laplace", "gaussian")
-    noise_draws: int = 5
+    noise_draws: int = 3
     num_servers: int = 2
     comparison_owners: tuple[int, ...] = (50, 100, 250)
     answered_labels: int = 200
@@ -118,9 +117,20 @@ QUICK = UtilityConfig(datasets=("digits",), owners=(1, 4, 16), seeds=(0, 1), epo
 
 # -- privacy calibration -----------------------------------------------------------------------------
 
-def total_epsilon(mechanism: NoiseMechanism, *, queries: int, delta: float, accountant: str) -> float:
-    """The client's total epsilon after ``queries`` releases of ``mechanism``, at ``delta``."""
-    return make_accountant(accountant).compose([(mechanism, queries)]).spent(delta)[0]
+def total_epsilon(mechanism: NoiseMechanism | ReleaseCost, *, queries: int, delta: float, accountant: str) -> float:
+    """The client's total epsilon after ``queries`` releases of ``mechanism``, at ``delta``.
+
+    ``queries`` Gaussian releases of noise multiplier z compose EXACTLY (in RDP and in their privacy-loss
+    distributions) to one Gaussian release of multiplier z / sqrt(queries); that single release is what
+    the accountant is given (same answer, and fast: dp_accounting's PLD of a self-composed Gaussian with
+    a small multiplier takes a minute). Every other mechanism is composed ``queries`` times as it is.
+    """
+    cost = ReleaseCost.of(mechanism)
+    if cost.event == "gaussian" and queries > 1:
+        cost = ReleaseCost(cost.mechanism, cost.epsilon, cost.delta, "gaussian",
+                           cost.noise_multiplier / math.sqrt(queries))
+        queries = 1
+    return make_accountant(accountant).compose([(cost, queries)]).spent(delta)[0]
 
 
 def calibrate_total(*, mechanism: str, total: float, queries: int, delta: float, accountant: str,
@@ -511,6 +521,8 @@ def utility_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA,
 
 
 def _write(out: Path, rows, mech_rows, calibrated, config, meta) -> None:
+    from .report import write_csv, write_json  # here: report imports privacy, which imports this module
+
     summary = summarize(rows, UTILITY_KEYS + ["shard_size_min", "shard_size_max"], UTILITY_VALUES + ["tie_rate"])
     write_csv(summary, out / "utility-k.csv")
     (out / "utility-k.md").write_text(utility_markdown(summary, calibrated, config, meta))
@@ -521,3 +533,63 @@ def _write(out: Path, rows, mech_rows, calibrated, config, meta) -> None:
         write_csv(mech_summary, out / "mechanisms-total-epsilon.csv")
         (out / "mechanisms-total-epsilon.md").write_text(mechanisms_markdown(mech_summary, config, meta))
         write_json(meta, out / "mechanisms-total-epsilon.json")
+
+
+# -- training ahead, in several processes -------------------------------------------------------------------
+
+def training_tasks(config: UtilityConfig) -> list[tuple[str, int, int]]:
+    """Every (dataset, K, seed) to train, most valuable first: largest K first, then seed, then dataset."""
+    return [(name, k, s) for k in sorted(config.owners, reverse=True) for s in config.seeds for name in config.datasets]
+
+
+def train_ahead(*, out: Path, config: UtilityConfig, data: Path = DATA) -> int:
+    """Fill ``out/utility-cache`` with every task's votes; returns the number trained here.
+
+    Several processes may run this at once on the same ``out``: each task is claimed by creating a lock
+    file exclusively, so no task is trained twice. The suite (``--suite utility --out`` the same folder)
+    then finds everything in the cache and only evaluates.
+    """
+    cache = out / "utility-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    datasets: dict[str, Dataset] = {}
+    trained = 0
+    for name, owners, seed in training_tasks(config):
+        lock = cache / f"{name}-K{owners}-seed{seed}.claimed"
+        try:
+            lock.open("x").close()
+        except FileExistsError:
+            continue
+        if name not in datasets:
+            try:
+                datasets[name] = load_dataset(name, root=_root(name, data), seed=0)
+            except DatasetNotFoundError as err:
+                print(f"utility: skipping {name}: {err}", flush=True)
+                continue
+        if owners > len(datasets[name].train_y) // 2:
+            continue
+        begin = time.perf_counter()
+        owner_votes(datasets[name], owners=owners, seed=seed, config=config, cache=cache)
+        trained += 1
+        print(f"{datetime.now(timezone.utc):%H:%M:%S} trained {name} K={owners} seed={seed} in "
+              f"{time.perf_counter() - begin:.0f} s", flush=True)
+    return trained
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.utility --out DIR [--quick]``: train the owners ahead (see :func:`train_ahead`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.utility",
+                                     description="Train the utility suite's owners into DIR/utility-cache "
+                                                 "(run several at once to share the work), then run "
+                                                 "`python -m benchmarks.run --suite utility --out DIR`.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    train_ahead(out=args.out, config=QUICK if args.quick else FULL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
