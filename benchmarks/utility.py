@@ -36,6 +36,13 @@ from (seed, owner)). Reported on the test split:
   client's total epsilon after ``queries`` queries, whatever the budget was
   fixed on: a per-query epsilon alone bounds nothing a client can do.
 
+Running it: ``python -m benchmarks.run --suite utility --out DIR`` trains and evaluates everything
+(``--quick``: digits, K = 1, 4, 16, 2 seeds, under a minute of CPU). The training dominates; it
+can be done first by several processes at once, ``python -m benchmarks.utility --out DIR`` each
+(they share DIR/utility-cache), after which the suite only evaluates. With the environment variable
+``PRICURE_UTILITY_CACHED_ONLY=1`` the suite evaluates only the (dataset, K, seed) points already in
+the cache and lists the others as ``missing`` in its JSON (for a run cut short by a deadline).
+
 Intervals: 95% Student-t intervals over the seeds (mean +- t(0.975, s-1) *
 sd / sqrt(s)); each seed's value is already averaged over the noise draws, so
 the interval is over partitions and initialisations (and draws), not over
@@ -58,6 +65,7 @@ counted as errors).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -83,6 +91,7 @@ from .env import REPO_ROOT, environment
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 FOLDERS = {"mnist": "mnist", "fashion-mnist": "mnist", "pneumoniamnist": "medmnist"}
+CACHED_ONLY_ENV = "PRICURE_UTILITY_CACHED_ONLY"
 GNMAX_RATIOS = (0.8, 0.6, 0.16)  # threshold, sigma_threshold, sigma as fractions of K (PATE MNIST at K = 250)
 
 
@@ -183,14 +192,17 @@ def _arch(dataset: Dataset, name: str) -> dict[str, Any]:
     return {"name": name, "in_channels": channels, "image_size": side, "num_classes": dataset.num_classes}
 
 
+def _cache_path(cache: Path, name: str, owners: int, seed: int, config: UtilityConfig) -> Path:
+    return cache / f"{name}-K{owners}-seed{seed}-{config.arch}-e{config.epochs}p{config.patience}b{config.batch_size}.npz"
+
+
 def owner_votes(dataset: Dataset, *, owners: int, seed: int, config: UtilityConfig,
                 cache: Path) -> dict[str, Any]:
     """Train K owners on IID shards of the training split; their test votes (K, Q) and accuracies.
 
     Cached in ``cache`` (the votes only, a few MB), so an interrupted run resumes.
     """
-    key = f"{dataset.name}-K{owners}-seed{seed}-{config.arch}-e{config.epochs}p{config.patience}b{config.batch_size}"
-    path = cache / f"{key}.npz"
+    path = _cache_path(cache, dataset.name, owners, seed, config)
     if path.exists():
         saved = np.load(path)
         return {k: saved[k] for k in saved.files}
@@ -411,7 +423,11 @@ def utility_markdown(summary: Sequence[dict[str, Any]], calibrated: Sequence[Bud
            f"plaintext simulation of the MPC release (N = {config.num_servers} servers' noise partials, fixed-point, "
            f"lowest-index ties), mean of {config.noise_draws} noise draws per seed. 'Best owner' is chosen on the "
            f"test set (in hindsight). Client total ε: after {config.queries} queries, at δ = {config.delta:g}, "
-           f"{config.accountant.upper()} accountant.", ""]
+           f"{config.accountant.upper()} accountant. Training set sizes (the fixed total): "
+           f"{', '.join(f'{k} {v:,}' for k, v in meta.get('training_set_sizes', {}).items())} (MNIST: the 60,000 "
+           f"training images minus a stratified 10% validation split that is not used). 'vote ties': share of test "
+           f"queries whose noiseless vote histogram has a tied maximum (decided by the lowest-index rule in the "
+           f"MPC path; the 'random ties' column is the exact expectation of a fair coin instead).", ""]
     out += ["## Calibration", "", *_table(
         ["mechanism", "budget fixed", "per-query ε (one release)", "noise scale (b or σ)",
          f"client total ε after {config.queries} queries (δ={config.delta:g}, {config.accountant})"],
@@ -430,12 +446,14 @@ def utility_markdown(summary: Sequence[dict[str, Any]], calibrated: Sequence[Bud
             by_k: dict[int, dict[str, dict[str, Any]]] = {}
             for r in rows:
                 by_k.setdefault(r["owners"], {})[r["estimator"]] = r
-            header = ["K", "shard size", *fixed, *(p.removeprefix("private: ") for p in private)]
+            header = ["K", "shard size", "vote ties", *fixed, *(p.removeprefix("private: ") for p in private)]
             lines = []
             for k in sorted(by_k):
                 cells = by_k[k]
                 any_row = next(iter(cells.values()))
-                lines.append([str(k), f"{any_row['shard_size_min']}–{any_row['shard_size_max']}",
+                seeds = "" if any_row["seeds"] == len(config.seeds) else f" ({any_row['seeds']} seed{'s' * (any_row['seeds'] > 1)})"
+                lines.append([f"{k}{seeds}", f"{any_row['shard_size_min']}–{any_row['shard_size_max']}",
+                              _cell(any_row, "tie_rate"),
                               *(_cell(cells[e], "accuracy") if e in cells else "–" for e in [*fixed, *private])])
             out += [f"## {name}: {title}", "", *_table(header, lines)]
     return "\n".join(out)
@@ -446,7 +464,8 @@ def mechanisms_markdown(summary: Sequence[dict[str, Any]], config: UtilityConfig
     header = ["dataset", "K", "mechanism", "parameters", "queries n", "client total ε", "per-query ε (one release)",
               "total ε / n", "answered labels", "total ε / answered label", "coverage", "accuracy on answered",
               "accuracy on all (abstain = error)"]
-    lines = [[r["dataset"], str(r["owners"]), r["mechanism"], r["parameters"], str(r["client_queries"]),
+    lines = [[r["dataset"], str(r["owners"]) + ("" if r["seeds"] == len(config.seeds) else f" ({r['seeds']} seeds)"),
+              r["mechanism"], r["parameters"], str(r["client_queries"]),
               f"{r['client_total_epsilon']:.3g}", f"{r['epsilon_per_query']:.3g}",
               f"{r['total_epsilon_per_query']:.3g}", _cell(r, "expected_answered_labels", ".0f"),
               _cell(r, "total_epsilon_per_answered_label", ".3g"), _cell(r, "coverage"),
@@ -478,13 +497,15 @@ def utility_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA,
                   config: UtilityConfig | None = None) -> Iterator[dict[str, Any]]:
     """Yield the per-seed utility rows; write the summaries (CSV, Markdown, JSON) to ``out`` as K completes."""
     config = config or (QUICK if quick else FULL)
+    # Evaluate only what `python -m benchmarks.utility` already trained (a deadline; recorded as "missing")
+    cached_only = os.environ.get(CACHED_ONLY_ENV, "") == "1"
     if seed:
         config = replace(config, seeds=tuple(s + seed for s in config.seeds))
     begin = time.perf_counter()
     env = environment(sys.argv[1:])
     meta = {"command": env["command"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seeds": list(config.seeds),
-            "config": asdict(config), "interval": "95% Student-t over seeds",
+            "config": asdict(config), "interval": "95% Student-t over seeds", "cached_only": cached_only,
             "torch_threads": torch.get_num_threads(), "cpu_count": env["cpu_count"]}
     calibrated = budgets(config)
     meta["calibration"] = [{"mechanism": b.mechanism.name, "budget": b.budget, "target": b.target,
@@ -508,8 +529,17 @@ def utility_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA,
             if owners > len(dataset.train_y) // 2:
                 tqdm.write(f"utility: skipping K={owners} on {name}: fewer than 2 training images per owner")
                 continue
-            per_seed = {s: owner_votes(dataset, owners=owners, seed=s, config=config, cache=out / "utility-cache")
-                        for s in config.seeds}
+            if cached_only:
+                per_seed = {s: owner_votes(dataset, owners=owners, seed=s, config=config, cache=out / "utility-cache")
+                            for s in config.seeds if _cache_path(out / "utility-cache", name, owners, s, config).exists()}
+                missing = [s for s in config.seeds if s not in per_seed]
+                if missing:
+                    meta.setdefault("missing", []).append({"dataset": name, "owners": owners, "seeds": missing})
+                if not per_seed:
+                    continue
+            else:
+                per_seed = {s: owner_votes(dataset, owners=owners, seed=s, config=config,
+                                           cache=out / "utility-cache") for s in config.seeds}
             for s, found in per_seed.items():
                 rows = seed_rows(name, owners, s, found, dataset.num_classes, calibrated, config)
                 all_rows += rows
