@@ -428,6 +428,12 @@ def utility_markdown(summary: Sequence[dict[str, Any]], calibrated: Sequence[Bud
            f"training images minus a stratified 10% validation split that is not used). 'vote ties': share of test "
            f"queries whose noiseless vote histogram has a tied maximum (decided by the lowest-index rule in the "
            f"MPC path; the 'random ties' column is the exact expectation of a fair coin instead).", ""]
+    if meta.get("points_from_cache"):
+        out += [f"{meta['points_from_cache']} (dataset, K, seed) points' owners were read from DIR/utility-cache, "
+                f"trained ahead with the same configuration by `python -m benchmarks.utility --out DIR` (several "
+                f"processes at once); the rest were trained in this run.", ""]
+    if meta.get("missing"):
+        out += [f"NOT run (deadline): {meta['missing']}.", ""]
     out += ["## Calibration", "", *_table(
         ["mechanism", "budget fixed", "per-query ε (one release)", "noise scale (b or σ)",
          f"client total ε after {config.queries} queries (δ={config.delta:g}, {config.accountant})"],
@@ -529,6 +535,8 @@ def utility_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA,
             if owners > len(dataset.train_y) // 2:
                 tqdm.write(f"utility: skipping K={owners} on {name}: fewer than 2 training images per owner")
                 continue
+            cached = [s for s in config.seeds if _cache_path(out / "utility-cache", name, owners, s, config).exists()]
+            meta["points_from_cache"] = meta.get("points_from_cache", 0) + len(cached)
             if cached_only:
                 per_seed = {s: owner_votes(dataset, owners=owners, seed=s, config=config, cache=out / "utility-cache")
                             for s in config.seeds if _cache_path(out / "utility-cache", name, owners, s, config).exists()}
