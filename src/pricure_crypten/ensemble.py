@@ -180,6 +180,7 @@ NOT_SENT = -2
 left the client, nothing was charged for it, nothing about it was revealed."""
 
 ACCOUNTING_MODES = ("conservative", "answered-only")
+_RESERVE_RETRIES = 3  # a chunk that fitted the dry run but not the reservation (a concurrent spend) is re-sized
 
 
 @dataclass(frozen=True)
@@ -626,7 +627,7 @@ class PrivateEnsemble:
         labels = np.full(total, NOT_SENT, dtype=np.int64)
         before = spent()
         chunk_costs: list[Cost] = []
-        sent, stopped, allowed = 0, "complete", first
+        sent, stopped, allowed, retries = 0, "complete", first, 0
         while sent < total:
             allowed = allowed if allowed is not None else rows_that_fit(min(chunk, total - sent))
             if allowed == 0:
@@ -635,7 +636,11 @@ class PrivateEnsemble:
             batch = rows[sent:sent + allowed]
             try:
                 chunk_labels, cost = self._label_chunk(batch, client=client, costs=costs)
-            except BudgetExceededError:  # another process spent meanwhile: ask again
+            except BudgetExceededError:  # another process spent meanwhile: ask again (a few times)
+                retries += 1
+                if retries > _RESERVE_RETRIES:
+                    stopped = "budget"
+                    break
                 allowed = None
                 continue
             except ServerError as error:
