@@ -7,6 +7,9 @@ client one share of the one-hot label and, to the operator, public cost
 figures (rounds, bytes, seconds, decode count). It never decodes a value:
 every decode path of CrypTen is counted here (:class:`DecodeAudit`) and the
 count is reported with every prediction, so tests can check it is zero.
+The one exception is opt-in and counted apart: an answered-only labelling
+batch (``outcome_rows``, :func:`reveal_outcome`) opens, to every server, the
+threshold step's answered bit of each of that client's rows, and nothing else.
 """
 
 from __future__ import annotations
