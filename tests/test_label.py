@@ -326,7 +326,7 @@ def test_cli_label_writes_labels_and_a_summary(tmp_path):
             "--max-batch", "2", "--out", str(tmp_path / "labels.npy"), "--summary", str(tmp_path / "s.json")]
     assert cli_exit_code(argv) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), _plain_votes(owners, pool))
-    summary = json.loads((tmp_path / "s.json").read_text())
+    summary = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert summary["sent"] == 5 and summary["batches"] == 3 and summary["refused"] == 0
     assert summary["server_decodes"] == 0 and summary["reveals"] == 3
 

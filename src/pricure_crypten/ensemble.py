@@ -31,6 +31,7 @@ reconstructs anything except through ``Client.reveal``.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -226,12 +227,14 @@ class Labelling:
         return int(self.sent - np.count_nonzero(self.answered))
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (no labels)."""
+        """A JSON-ready summary (no labels; a non-finite epsilon is written as the string "inf")."""
+        def spent(pair: tuple[float, float] | None) -> list | None:
+            return None if pair is None else [x if math.isfinite(x) else str(x) for x in pair]
+
         return {
             "rows": int(self.labels.shape[0]), "sent": self.sent, "answered": int(np.count_nonzero(self.answered)),
             "abstained": self.abstained, "refused": self.refused, "accounting": self.accounting,
-            "spent_before": list(self.spent_before) if self.spent_before is not None else None,
-            "spent_after": list(self.spent_after) if self.spent_after is not None else None,
+            "spent_before": spent(self.spent_before), "spent_after": spent(self.spent_after),
             "batches": self.batches, "reveals": self.cost.reveals, "outcome_reveals": self.cost.outcome_reveals,
             "server_decodes": self.cost.server_decodes, "rounds": self.cost.rounds,
             "bytes_sent": self.cost.bytes_sent, "seconds": self.cost.seconds, "stopped": self.stopped,
