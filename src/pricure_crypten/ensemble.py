@@ -593,7 +593,8 @@ class PrivateEnsemble:
                 raise ValueError("answered-only accounting charges a ledger: give the PrivateEnsemble a "
                                  "PrivacyLedger(accountant='rdp-filter')")
             costs = AnsweredOnlyCosts.of(self.mechanism)  # TypeError unless Confident-GNMax
-            self.ledger.spend_answered_only(client.name, costs, queries=1)  # ValueError unless 'rdp-filter' (not entered)
+            # ValueError unless the ledger is a filter ('rdp-filter'); the spend is not entered: nothing reserved
+            self.ledger.spend_answered_only(client.name, costs, queries=1)
         self._check_open()
         ledger = self.ledger
         worst = costs.answered if costs is not None else self.mechanism
