@@ -164,6 +164,44 @@ def test_a_failure_after_some_chunks_returns_what_was_released_and_charges_only_
     assert status.spent_epsilon == pytest.approx(3 * 100.0)
 
 
+def _fail_second_batch(ensemble: PrivateEnsemble) -> list[int]:
+    from pricure_crypten.parties.cluster import ServerError
+
+    calls: list[int] = []
+    original = ensemble._run_batch
+
+    def failing(shares, **kwargs):
+        calls.append(int(shares[0].shape[0]))
+        if len(calls) == 2:
+            raise ServerError("injected failure")
+        return original(shares, **kwargs)
+
+    ensemble._scheduler._run_batch = failing
+    return calls
+
+
+@pytest.mark.mpc
+def test_answered_only_failure_keeps_the_worst_case_of_the_failed_chunk(tmp_path):
+    """Answered-only: a chunk whose MPC batch started and failed may have opened outcome bits to the servers,
+    so it stays charged at its worst case (both steps, every row); the released chunk at its outcome."""
+    mechanism = ConfidentGNMax(**GNMAX)
+    budget = dict(total_epsilon=1e4, total_delta=1e-3, accountant="rdp-filter")
+    ledger = PrivacyLedger(tmp_path / "l.sqlite3", **budget)
+    with PrivateEnsemble(_agreement_owners(), aggregation=Aggregation(noise=mechanism), ledger=ledger,
+                         batching=Batching(max_rows=4, window=0.0)) as ensemble:
+        calls = _fail_second_batch(ensemble)
+        result = ensemble.label(_gnmax_pool(), client=Client("hal"), accounting="answered-only")
+    assert calls == [4, 3] and result.stopped.startswith("error") and result.sent == 4
+    np.testing.assert_array_equal(result.labels, np.where(AGREE, 0, ABSTAIN)[:4].tolist() + [NOT_SENT] * 3)
+    reference = PrivacyLedger(tmp_path / "ref.sqlite3", **budget)
+    for answered, rows in ((int(AGREE[:4].sum()), 4), (3, 3)):  # the failed chunk: all 3 as if answered
+        with reference.spend_answered_only("hal", mechanism, queries=rows) as spend:
+            spend.confirm(answered=answered)
+    status = ledger.status("hal")
+    assert status.reserved_queries == 0
+    assert status.spent_epsilon == pytest.approx(reference.status("hal").spent_epsilon)
+
+
 def _agreement_owners() -> list[ModelOwner]:
     """K = 5 owners on x in R^2 voting argmax(10 x + b_i): on x = (5, 0) all five vote 0 (top count 5); on
     x = (0, 0) they vote their bias's argmax, 0, 0, 0, 1, 1 (top count 3)."""

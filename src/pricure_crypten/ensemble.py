@@ -565,9 +565,12 @@ class PrivateEnsemble:
             accounting mode, an empty pool, or a budget that cannot afford
             one row (the ledger's ``BudgetExceededError``, or ValueError for
             ``budget``). A failure of the first chunk's MPC raises
-            :class:`ServerError` (nothing revealed or charged); a failure of a
-            later chunk returns what was released so far, with ``stopped``
-            saying so.
+            :class:`ServerError`; a failure of a later chunk returns what was
+            released so far, with ``stopped`` saying so. The failed chunk
+            reveals nothing to the client; it is not charged in the
+            conservative mode, and charged its WORST case in the answered-only
+            mode once it started running (the servers may have opened its
+            outcome bits before the failure: over-count, never under-count).
         """
         from .privacy.accounting.base import within
         from .privacy.accounting.errors import BudgetExceededError
@@ -679,7 +682,10 @@ class PrivateEnsemble:
             try:
                 result = future.result()
             except BaseException:
-                future.cancel()
+                if not future.cancel() and costs is not None:
+                    # It ran: the servers may have opened the outcome bits before failing. Keep the worst
+                    # case charged (both steps for every row): over-count, never under-count.
+                    reservation.confirm(answered=rows)
                 raise
             if costs is not None:  # the servers' revealed bits, never the client's word
                 reservation.confirm(answered=int(result.outcomes.sum()))
