@@ -57,6 +57,8 @@ _PUBLIC = {
     "Cost": ".ensemble",
     "EnsembleClosedError": ".ensemble",
     "Prediction": ".ensemble",
+    "Labelling": ".ensemble",
+    "NOT_SENT": ".ensemble",
     "PrivateEnsemble": ".ensemble",
 }
 

@@ -1,6 +1,7 @@
 """The ``pricure`` command line: ``pricure demo`` (the main job), ``pricure budget``, and the deployment:
 ``pricure serve`` / ``pricure dealer`` (one party per process), ``pricure admin`` (CA, certificates,
-credentials), ``pricure owner upload`` and ``pricure query`` (remote owner and client).
+credentials), ``pricure owner upload`` and ``pricure query`` (remote owner and client), and
+``pricure label`` (private labelling of a pool, library mode).
 
 Bad input gets one clear line on stderr and exit code 2, never a traceback.
 """
@@ -318,12 +319,112 @@ def _deployment_main(command: str, argv: list[str]) -> int:
     return 0
 
 
+def _label_main(argv: list[str]) -> int:
+    """``pricure label``: privately label a pool (.npy) with saved owner models, in library mode."""
+    from pathlib import Path
+
+    parser = _Parser(prog="pricure label", description=(
+        "Label an unlabelled pool privately with K saved owner models (library mode: the servers and the "
+        "dealer are local processes), under the client's budget in a privacy ledger. Writes the labels "
+        "(-1: abstained, -2: not sent, refused for budget) and a JSON summary."))
+    parser.add_argument("pool", type=Path, help="a .npy float array (rows, *input_shape)")
+    parser.add_argument("--owner", type=Path, action="append", required=True,
+                        help="a torch.save()d nn.Sequential (repeat once per owner)")
+    parser.add_argument("--input-shape", required=True, help="shape of one example, e.g. 30 or 1,28,28")
+    parser.add_argument("--classes", type=_at_least(2, "--classes"), required=True)
+    parser.add_argument("--epsilon", type=_epsilon, default=1.0, help="epsilon per query (a number or inf)")
+    parser.add_argument("--delta", type=_delta, default=None, help="delta per query (gaussian; default 1e-5)")
+    parser.add_argument("--mechanism", choices=[*MECHANISM_NAMES, "confident-gnmax"], default="laplace")
+    parser.add_argument("--threshold", type=float, default=None, help="confident-gnmax: T")
+    parser.add_argument("--sigma-threshold", type=float, default=None, help="confident-gnmax: sigma_1")
+    parser.add_argument("--sigma", type=float, default=None, help="confident-gnmax: sigma_2")
+    parser.add_argument("--aggregation", choices=list(AGGREGATIONS), default="vote")
+    parser.add_argument("--servers", type=_at_least(2, "--servers"), default=2)
+    parser.add_argument("--max-batch", type=_at_least(1, "--max-batch"), default=256, help="rows per MPC batch")
+    parser.add_argument("--ledger", type=Path, default=None, help="the privacy ledger (default: no accounting)")
+    parser.add_argument("--budget-epsilon", type=_epsilon, default=None, help="each client's total epsilon")
+    parser.add_argument("--budget-delta", type=_delta, default=0.0, help="each client's total delta")
+    parser.add_argument("--accountant", default="auto", help="the ledger's accountant (e.g. basic, rdp-filter)")
+    parser.add_argument("--client", default="client", help="the client's name (its budget key)")
+    parser.add_argument("--budget", type=_epsilon, default=None,
+                        help="optional cap on the client's total spent epsilon after this call")
+    parser.add_argument("--accounting", choices=["conservative", "answered-only"], default="conservative")
+    parser.add_argument("--out", type=Path, required=True, help="the labels (.npy, int64)")
+    parser.add_argument("--summary", type=Path, default=None, help="the JSON summary (default: stdout)")
+    args = parser.parse_args(argv)
+    if args.ledger is not None and args.budget_epsilon is None:
+        parser.error("--ledger needs --budget-epsilon (each client's total epsilon)")
+    if args.ledger is None and (args.budget is not None or args.accounting == "answered-only"):
+        parser.error("--budget and --accounting answered-only need --ledger")
+    if not args.pool.is_file():
+        parser.error(f"the pool {args.pool} is not a file")
+    for path in args.owner:
+        if not path.is_file():
+            parser.error(f"--owner {path} is not a file")
+    gnmax = (args.threshold, args.sigma_threshold, args.sigma)
+    if args.mechanism == "confident-gnmax" and None in gnmax:
+        parser.error("--mechanism confident-gnmax needs --threshold, --sigma-threshold and --sigma")
+    import numpy as np
+    import torch
+
+    from .config import Aggregation, Batching, Cluster
+    from .ensemble import PrivateEnsemble
+    from .parties.client import Client
+    from .parties.owner import ModelOwner
+    from .privacy.noise import ConfidentGNMax, calibrate
+
+    try:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+    except ValueError:
+        parser.error(f"--input-shape must be comma-separated integers, got {args.input_shape!r}")
+    pool = np.load(args.pool, allow_pickle=False)
+    if args.mechanism == "confident-gnmax":
+        delta = 1e-5 if args.delta is None else args.delta
+        noise = ConfidentGNMax(threshold=args.threshold, sigma_threshold=args.sigma_threshold, sigma=args.sigma,
+                               delta=delta)
+    else:
+        noise = calibrate(epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism,
+                          aggregation=args.aggregation)
+    owners = [ModelOwner(name=f"owner{i}", model=torch.load(path, weights_only=False), input_shape=shape,
+                         num_classes=args.classes) for i, path in enumerate(args.owner)]
+    ledger = None
+    if args.ledger is not None:
+        from .privacy.accounting import PrivacyLedger
+
+        ledger = PrivacyLedger(args.ledger, total_epsilon=args.budget_epsilon, total_delta=args.budget_delta,
+                               accountant=args.accountant)
+    try:
+        with PrivateEnsemble(owners, aggregation=Aggregation(method=args.aggregation, noise=noise),
+                             cluster=Cluster(num_servers=args.servers), batching=Batching(max_rows=args.max_batch),
+                             ledger=ledger) as ensemble:
+            result = ensemble.label(pool, client=Client(args.client), budget=args.budget,
+                                    accounting=args.accounting)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    np.save(args.out, result.labels)
+    summary = json.dumps(dict(result.summary(), labels=str(args.out), charged=ledger is not None))
+    if args.summary is not None:
+        args.summary.write_text(summary + "\n")
+    else:
+        print(summary)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["budget"]:
         from .privacy.accounting.cli import budget_main
 
         return budget_main(argv[1:])
+    if argv[:1] == ["label"]:
+        try:
+            return _label_main(argv[1:])
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            print(f"pricure label: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     if argv[:1] and argv[0] in ("serve", "dealer", "admin", "owner", "query"):
         try:
             return _deployment_main(argv[0], argv[1:])
@@ -338,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("budget", help="show or reset a client's privacy budget (see 'pricure budget --help')")
     for name, text in (("serve", "run one server with its HTTPS front door"), ("dealer", "run the dealer"),
                        ("admin", "CA, server certificates, credentials"), ("owner", "upload/withdraw a model"),
-                       ("query", "private labels from a deployment")):
+                       ("query", "private labels from a deployment"),
+                       ("label", "privately label a pool under a budget, library mode")):
         sub.add_parser(name, help=f"{text} (see 'pricure {name} --help')")
     args = parser.parse_args(argv)
     try:

@@ -31,6 +31,7 @@ reconstructs anything except through ``Client.reveal``.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class Cost:
     reconstructions and ``server_decodes`` plaintext decodes on servers (0 by
     design). ``dealer_requests`` counts round trips to the dealer during the
     call (0 when the batch ran from precomputed tuples: a pure online phase).
+    ``outcome_reveals`` counts the joint reveals, among the servers, of the
+    threshold step's answered bits (answered-only labelling only, one per MPC
+    batch; 0 for :meth:`PrivateEnsemble.predict`); they are not in ``server_decodes``.
     """
 
     queries: int
@@ -91,6 +95,7 @@ class Cost:
     batches: int = 1
     batch_queries: int = 0
     dealer_requests: int = 0
+    outcome_reveals: int = 0
 
     @property
     def seconds_per_query(self) -> float:
@@ -169,6 +174,82 @@ class Prediction:
 
     labels: np.ndarray
     cost: Cost
+
+
+NOT_SENT = -2
+"""The label of a pool row that was never sent (refused for budget, or after a failure): no share of it
+left the client, nothing was charged for it, nothing about it was revealed."""
+
+ACCOUNTING_MODES = ("conservative", "answered-only")
+_RESERVE_RETRIES = 3  # a chunk that fitted the dry run but not the reservation (a concurrent spend) is re-sized
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """The result of :meth:`PrivateEnsemble.label`: the client's view of a private labelling of its pool.
+
+    Attributes:
+        labels: (len(pool),) int64: the released label, ``ABSTAIN`` (-1) where
+            the mechanism abstained (Confident-GNMax), ``NOT_SENT`` (-2) for a
+            row that was never sent.
+        answered: (len(pool),) bool: a label was released for the row.
+        sent: rows sent through the MPC (always the first ``sent`` rows of the pool).
+        refused: rows refused because the next one would not fit the budget
+            (never shared, never charged, nothing revealed about them).
+        accounting: ``"conservative"`` or ``"answered-only"`` (see :meth:`PrivateEnsemble.label`).
+        spent_before / spent_after: the client's TOTAL (epsilon, delta) spent,
+            per the ledger's accountant (at the ledger's total delta), before
+            and after this call (``None`` without a ledger: nothing is charged).
+            Under the ``"rdp-filter"`` accountant this is the filter's progress
+            gauge; the guarantee is the ledger's budget.
+        batches: MPC batches this call ran (one per chunk of at most ``Batching.max_rows`` rows).
+        cost: the summed :class:`Cost` of the chunks (``reveals`` = client reveals, one per chunk;
+            ``outcome_reveals`` = the servers' reveals of the answered bits, answered-only only).
+        stopped: ``"complete"``, ``"budget"`` (the ledger's budget, or ``budget``, would be exceeded by
+            the next row) or ``"error: ..."`` (an MPC failure after some chunks were released; the
+            failed chunk was neither revealed nor charged).
+    """
+
+    labels: np.ndarray
+    answered: np.ndarray
+    sent: int
+    refused: int
+    accounting: str
+    spent_before: tuple[float, float] | None
+    spent_after: tuple[float, float] | None
+    batches: int
+    cost: Cost
+    stopped: str = "complete"
+
+    @property
+    def abstained(self) -> int:
+        """Rows sent for which no label was released (Confident-GNMax abstentions)."""
+        return int(self.sent - np.count_nonzero(self.answered))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (no labels; a non-finite epsilon is written as the string "inf")."""
+        def spent(pair: tuple[float, float] | None) -> list | None:
+            return None if pair is None else [x if math.isfinite(x) else str(x) for x in pair]
+
+        return {
+            "rows": int(self.labels.shape[0]), "sent": self.sent, "answered": int(np.count_nonzero(self.answered)),
+            "abstained": self.abstained, "refused": self.refused, "accounting": self.accounting,
+            "spent_before": spent(self.spent_before), "spent_after": spent(self.spent_after),
+            "batches": self.batches, "reveals": self.cost.reveals, "outcome_reveals": self.cost.outcome_reveals,
+            "server_decodes": self.cost.server_decodes, "rounds": self.cost.rounds,
+            "bytes_sent": self.cost.bytes_sent, "seconds": self.cost.seconds, "stopped": self.stopped,
+        }
+
+
+def _sum_costs(costs: list[Cost], seconds: float) -> Cost:
+    return Cost(
+        queries=sum(c.queries for c in costs), seconds=seconds, mpc_seconds=sum(c.mpc_seconds for c in costs),
+        rounds=sum(c.rounds for c in costs), bytes_sent=sum(c.bytes_sent for c in costs),
+        reveals=sum(c.reveals for c in costs), server_decodes=sum(c.server_decodes for c in costs),
+        batches=sum(c.batches for c in costs), batch_queries=max((c.batch_queries for c in costs), default=0),
+        dealer_requests=sum(c.dealer_requests for c in costs),
+        outcome_reveals=sum(c.outcome_reveals for c in costs),
+    )
 
 
 def _checked(value: Any, kind: type, name: str) -> Any:
@@ -362,10 +443,15 @@ class PrivateEnsemble:
 
     # -- the query path --
 
-    def _run_batch(self, shares: list[np.ndarray]) -> list[dict]:
-        """One MPC batch (called by the scheduler's worker thread only)."""
+    def _run_batch(self, shares: list[np.ndarray], *, outcome_rows: int = 0) -> list[dict]:
+        """One MPC batch (called by the scheduler's worker thread only).
+
+        ``outcome_rows`` > 0 (answered-only labelling only): the servers also
+        reveal among themselves the answered bit of the first ``outcome_rows`` rows.
+        """
         self.start()  # relaunches and reloads after a failure
-        return self._cluster.request("predict", [{"query_share": s} for s in shares])
+        extra = {"outcome_rows": int(outcome_rows)} if outcome_rows else {}
+        return self._cluster.request("predict", [dict(extra, query_share=s) for s in shares])
 
     def predict(self, queries: torch.Tensor | np.ndarray, *, client: Client | None = None) -> Prediction:
         """Private labels for a batch of queries, revealed to ``client`` only. Thread-safe.
@@ -420,4 +506,202 @@ class PrivateEnsemble:
         return Prediction(labels=labels, cost=cost)
 
 
-__all__ = ["Cost", "EnsembleClosedError", "OfflineCost", "Prediction", "PrivateEnsemble", "ServerError"]
+    # -- private labelling of a pool --
+
+    def label(
+        self,
+        pool: torch.Tensor | np.ndarray,
+        *,
+        client: Client,
+        budget: float | None = None,
+        accounting: str = "conservative",
+    ) -> Labelling:
+        """Label a client's unlabelled pool privately, under its privacy budget (LIBRARY mode only).
+
+        The pool is cut into chunks of at most ``Batching.max_rows`` rows (the
+        fewest MPC batches the batching allows). Before each chunk the ledger
+        is asked how many of its rows still fit the client's budget, for the
+        WORST case of each row (both steps of Confident-GNMax); those rows are
+        shared, computed, charged and revealed to ``client`` (one reveal per
+        chunk), exactly as :meth:`predict` does. At the first row that would
+        not fit, labelling stops cleanly: that row and every later one are
+        refused -- never shared with the servers, never charged, nothing
+        revealed -- and reported in :attr:`Labelling.refused`.
+
+        Args:
+            pool: (rows, *input_shape) float queries.
+            client: the client (its name is the budget key).
+            budget: optional cap on the client's TOTAL spent epsilon after this
+                call, per the ledger's accountant (it can only stop labelling
+                earlier; the guarantee is the ledger's budget). Needs a ledger.
+            accounting: ``"conservative"`` (default; any mechanism, any
+                accountant): every sent row is charged its full per-query
+                cost, answered or not. ``"answered-only"`` (Confident-GNMax,
+                ledger accountant ``"rdp-filter"``): every sent row is charged
+                the threshold step, and the argmax step only if it was
+                answered (:meth:`PrivacyLedger.spend_answered_only`).
+
+        Who learns what. Conservative: the servers learn nothing (shares
+        only, no decode); the client learns the labels (and so which rows
+        were abstentions) and the public count of refused rows. Answered-only
+        additionally reveals, per sent row, the threshold step's outcome
+        (answered or abstained) to EVERY SERVER, by one joint reveal per MPC
+        batch among the servers (:attr:`Cost.outcome_reveals`), so that the
+        ledger's side confirms the actual charge from the servers' bits,
+        never from the client's word. The servers thereby learn, per query,
+        whether the owners agreed (whether the noisy top count reached the
+        threshold) -- the output of the threshold step's Gaussian mechanism,
+        covered by its charge -- never the label, the votes or the
+        histogram. Rows of an answered-only chunk are never packed with other
+        clients' rows, and padding rows' bits are never opened. The client
+        learns nothing more than in the conservative mode.
+
+        Networked mode: not available yet (``pricure serve`` deployments
+        answer :meth:`RemoteEnsemble.predict` calls only); it waits for the
+        planned serving-core refactor.
+
+        Raises (before any MPC work, nothing shared, nothing charged):
+            TypeError / ValueError for a malformed pool, client, budget or
+            accounting mode, an empty pool, or a budget that cannot afford
+            one row (the ledger's ``BudgetExceededError``, or ValueError for
+            ``budget``). A failure of the first chunk's MPC raises
+            :class:`ServerError`; a failure of a later chunk returns what was
+            released so far, with ``stopped`` saying so. The failed chunk
+            reveals nothing to the client; it is not charged in the
+            conservative mode, and charged its WORST case in the answered-only
+            mode once it started running (the servers may have opened its
+            outcome bits before the failure: over-count, never under-count).
+        """
+        from .privacy.accounting.base import within
+        from .privacy.accounting.errors import BudgetExceededError
+        from .privacy.accounting.outcome import AnsweredOnlyCosts
+
+        begin = time.perf_counter()
+        if not isinstance(client, Client):
+            raise TypeError(f"client must be a pricure_crypten.Client, not {type(client).__name__}")
+        if accounting not in ACCOUNTING_MODES:
+            raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {accounting!r}")
+        if isinstance(pool, (torch.Tensor, np.ndarray)) and len(pool.shape) >= 1 and pool.shape[0] == 0:
+            raise ValueError("the pool is empty: nothing to label")
+        rows = Client.check_queries(pool, self.input_shape)
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+                raise ValueError(f"budget must be an epsilon > 0 (or None: the ledger's budget), got {budget!r}")
+            if self.ledger is None:
+                raise ValueError("budget needs a ledger: give the PrivateEnsemble a PrivacyLedger")
+        answered_only = accounting == "answered-only"
+        costs = None
+        if answered_only:
+            if self.ledger is None:
+                raise ValueError("answered-only accounting charges a ledger: give the PrivateEnsemble a "
+                                 "PrivacyLedger(accountant='rdp-filter')")
+            costs = AnsweredOnlyCosts.of(self.mechanism)  # TypeError unless Confident-GNMax
+            # ValueError unless the ledger is a filter ('rdp-filter'); the spend is not entered: nothing reserved
+            self.ledger.spend_answered_only(client.name, costs, queries=1)
+        self._check_open()
+        ledger = self.ledger
+        worst = costs.answered if costs is not None else self.mechanism
+
+        def fits(count: int) -> bool:
+            try:
+                epsilon, _ = ledger.check(client.name, worst, queries=count)
+            except BudgetExceededError:
+                return False
+            return budget is None or within(epsilon, float(budget))
+
+        def rows_that_fit(limit: int) -> int:
+            if ledger is None or fits(limit):
+                return limit
+            low, high = 0, limit  # fits(low), not fits(high); adding a query never lowers the spend
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (middle, high) if fits(middle) else (low, middle)
+            return low
+
+        def spent() -> tuple[float, float] | None:
+            if ledger is None:
+                return None
+            status = ledger.status(client.name)
+            return (status.spent_epsilon, status.spent_delta)
+
+        total = rows.shape[0]
+        chunk = min(self.batching.max_rows, self.batching.max_queries)
+        first = rows_that_fit(min(chunk, total))
+        if first == 0:  # refuse before any MPC work, with the ledger's own message where it is the ledger
+            ledger.check(client.name, worst, queries=1)
+            raise ValueError(f"budget={budget!r} cannot afford one row: the client's total spent epsilon would "
+                             f"exceed it (per the ledger's {ledger.accountant!r} accountant); nothing was charged")
+        labels = np.full(total, NOT_SENT, dtype=np.int64)
+        before = spent()
+        chunk_costs: list[Cost] = []
+        sent, stopped, allowed, retries = 0, "complete", first, 0
+        while sent < total:
+            allowed = allowed if allowed is not None else rows_that_fit(min(chunk, total - sent))
+            if allowed == 0:
+                stopped = "budget"
+                break
+            batch = rows[sent:sent + allowed]
+            try:
+                chunk_labels, cost = self._label_chunk(batch, client=client, costs=costs)
+            except BudgetExceededError:  # another process spent meanwhile: ask again (a few times)
+                retries += 1
+                if retries > _RESERVE_RETRIES:
+                    stopped = "budget"
+                    break
+                allowed = None
+                continue
+            except ServerError as error:
+                if not chunk_costs:
+                    raise
+                stopped = f"error: {error}"
+                break
+            labels[sent:sent + allowed] = chunk_labels
+            chunk_costs.append(cost)
+            sent += allowed
+            allowed = None
+        return Labelling(
+            labels=labels, answered=labels >= 0, sent=sent,
+            refused=total - sent if stopped == "budget" else 0, accounting=accounting,
+            spent_before=before, spent_after=spent(), batches=sum(c.batches for c in chunk_costs),
+            cost=_sum_costs(chunk_costs, time.perf_counter() - begin), stopped=stopped,
+        )
+
+    def _label_chunk(self, batch: np.ndarray, *, client: Client, costs: Any) -> tuple[np.ndarray, Cost]:
+        """One chunk of :meth:`label`: reserve (worst case), compute, confirm (the outcome), reveal."""
+        start = time.perf_counter()
+        rows = batch.shape[0]
+        if self.ledger is None:
+            spend = contextlib.nullcontext()
+        elif costs is not None:
+            spend = self.ledger.spend_answered_only(client.name, costs, queries=rows)
+        else:
+            spend = self.ledger.spend(client.name, self.mechanism, queries=rows)
+        with spend as reservation:  # entering reserves (committed) or raises BudgetExceededError
+            shares = client.share_queries(batch, num_servers=self.num_servers)
+            future = self._scheduler.submit(shares, rows, outcome=costs is not None)
+            try:
+                result = future.result()
+            except BaseException:
+                if not future.cancel() and costs is not None:
+                    # It ran: the servers may have opened the outcome bits before failing. Keep the worst
+                    # case charged (both steps for every row): over-count, never under-count.
+                    reservation.confirm(answered=rows)
+                raise
+            if costs is not None:  # the servers' revealed bits, never the client's word
+                reservation.confirm(answered=int(result.outcomes.sum()))
+            elif reservation is not None:
+                reservation.confirm()  # committed before the client receives anything
+        reveals_before = client.reveals
+        labels = client.reveal(result.label_shares)
+        if result.outcomes is not None and not np.array_equal(labels >= 0, result.outcomes == 1):
+            raise RuntimeError("the client's labels disagree with the servers' revealed outcomes: "
+                               "the computation was corrupted")
+        return labels, Cost(
+            queries=rows, seconds=time.perf_counter() - start, mpc_seconds=result.mpc_seconds,
+            rounds=result.rounds, bytes_sent=result.bytes_sent, reveals=client.reveals - reveals_before,
+            server_decodes=result.decodes, batches=result.batches, batch_queries=result.batch_rows,
+            dealer_requests=result.dealer_requests, outcome_reveals=result.outcome_reveals,
+        )
+
+__all__ = ["NOT_SENT", "Cost", "EnsembleClosedError", "Labelling", "OfflineCost", "Prediction", "PrivateEnsemble",
+           "ServerError"]

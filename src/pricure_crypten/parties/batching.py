@@ -32,8 +32,10 @@ from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import share_encoded
 
 #: run_batch(query shares per server) -> one reply per server, each a dict with
-#: "label_share" (rows, C) and public figures "rounds", "bytes", "seconds", "decodes".
-RunBatch = Callable[[list[np.ndarray]], list[dict]]
+#: "label_share" (rows, C) and public figures "rounds", "bytes", "seconds", "decodes". For a request
+#: submitted with ``outcome=True`` it is called as ``run_batch(shares, outcome_rows=n)`` and each reply
+#: also carries "outcome" (n,): the threshold step's answered bits of the first n rows, revealed to the servers.
+RunBatch = Callable[..., list[dict]]
 
 
 class SchedulerClosedError(RuntimeError):
@@ -53,6 +55,8 @@ class RequestResult:
     mpc_seconds: float
     decodes: int
     dealer_requests: int = 0
+    outcomes: np.ndarray | None = None  # answered bits (1/0) per row, if requested (answered-only)
+    outcome_reveals: int = 0
 
 
 @dataclass
@@ -61,6 +65,7 @@ class _Request:
     shares: list[np.ndarray]
     rows: int
     future: Future
+    outcome: bool = False  # reveal the answered bit of each row to the servers; never packed with others
     next_row: int = 0
     parts: list[list[np.ndarray]] = field(default_factory=list)  # per batch: one slice per server
     batches: int = 0
@@ -70,6 +75,8 @@ class _Request:
     mpc_seconds: float = 0.0
     decodes: int = 0
     dealer_requests: int = 0
+    outcomes: list[np.ndarray] = field(default_factory=list)
+    outcome_reveals: int = 0
 
 
 class RequestScheduler:
@@ -96,15 +103,20 @@ class RequestScheduler:
         self._worker: threading.Thread | None = None
         self.batches_run = 0
 
-    def submit(self, shares: Sequence[np.ndarray], rows: int) -> Future:
-        """Queue one request (its query shares, one per server); the future resolves to a :class:`RequestResult`."""
+    def submit(self, shares: Sequence[np.ndarray], rows: int, *, outcome: bool = False) -> Future:
+        """Queue one request (its query shares, one per server); the future resolves to a :class:`RequestResult`.
+
+        With ``outcome`` (answered-only labelling), the request's MPC batches
+        carry no other request's rows, and the servers reveal among themselves
+        the answered bit of each of its rows (never of padding rows).
+        """
         if len(shares) != self.num_servers or any(s.shape[0] != rows for s in shares):
             raise ValueError(f"need one share of {rows} rows per server ({self.num_servers})")
         future: Future = Future()
         with self._condition:
             if self._closed:
                 raise SchedulerClosedError("the ensemble is closed")
-            self._pending.append(_Request(next(self._ids), list(shares), rows, future))
+            self._pending.append(_Request(next(self._ids), list(shares), rows, future, outcome=bool(outcome)))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="pricure-scheduler", daemon=True)
                 self._worker.start()
@@ -157,6 +169,8 @@ class RequestScheduler:
             batch: list[tuple[_Request, int, int]] = []
             capacity = self.batching.max_rows
             for request in list(self._pending):
+                if batch and (request.outcome or batch[0][0].outcome):
+                    break  # a request whose outcomes are revealed to the servers runs alone
                 if request.next_row == 0 and not request.future.set_running_or_notify_cancel():
                     self._pending.remove(request)  # cancelled while queued: its caller is gone
                     continue
@@ -180,8 +194,12 @@ class RequestScheduler:
                 continue
             shares = [np.concatenate([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
             shares = self._padded(shares)
+            first, start, stop = batch[0]
             try:
-                replies = self._run_batch(shares)
+                if first.outcome:  # alone in its batch, its rows first: reveal only theirs
+                    replies = self._run_batch(shares, outcome_rows=stop - start)
+                else:
+                    replies = self._run_batch(shares)
             except BaseException as error:  # noqa: BLE001 - handed to every request of the batch
                 self._fail([r for r, _, _ in batch], error)
                 continue
@@ -221,6 +239,15 @@ class RequestScheduler:
             request.mpc_seconds += max(float(reply["seconds"]) for reply in replies)
             request.decodes += sum(int(reply["decodes"]) for reply in replies)
             request.dealer_requests += max(int(reply.get("dealer_requests", 0)) for reply in replies)
+            if request.outcome:
+                outcomes = [np.asarray(reply["outcome"], dtype=np.int64) for reply in replies]
+                if any(o.shape != (rows,) or not np.array_equal(o, outcomes[0]) for o in outcomes):
+                    error = RuntimeError("the servers disagree on the revealed outcomes: the computation was corrupted")
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                    continue
+                request.outcomes.append(outcomes[0])
+                request.outcome_reveals += max(int(reply.get("outcome_reveals", 0)) for reply in replies)
             if stop == request.rows and not request.future.done():
                 label_shares = [np.concatenate([part[server] for part in request.parts])
                                 for server in range(self.num_servers)]
@@ -229,4 +256,6 @@ class RequestScheduler:
                     batch_rows=request.batch_rows, rounds=request.rounds, bytes_sent=request.bytes_sent,
                     mpc_seconds=request.mpc_seconds, decodes=request.decodes,
                     dealer_requests=request.dealer_requests,
+                    outcomes=np.concatenate(request.outcomes) if request.outcome else None,
+                    outcome_reveals=request.outcome_reveals,
                 ))

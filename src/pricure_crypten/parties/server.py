@@ -7,6 +7,9 @@ client one share of the one-hot label and, to the operator, public cost
 figures (rounds, bytes, seconds, decode count). It never decodes a value:
 every decode path of CrypTen is counted here (:class:`DecodeAudit`) and the
 count is reported with every prediction, so tests can check it is zero.
+The one exception is opt-in and counted apart: an answered-only labelling
+batch (``outcome_rows``, :func:`reveal_outcome`) opens, to every server, the
+threshold step's answered bit of each of that client's rows, and nothing else.
 """
 
 from __future__ import annotations
@@ -42,6 +45,29 @@ class DecodeAudit:
         counted(FixedPointEncoder, "decode")
         counted(MPCTensor, "get_plain_text")
         counted(MPCTensor, "reveal")
+
+
+def reveal_outcome(released: Any, rows: int) -> Any:
+    """Answered-only labelling: reveal to EVERY server whether each of the first ``rows`` rows was answered.
+
+    ``released`` is the (B, C) one-hot of the release, all zeros where
+    Confident-GNMax abstained, so the sum over classes of a row is its
+    threshold step's outcome bit (1: answered, 0: abstained). Only those
+    ``rows`` bits are opened (a joint reveal among the servers: one round);
+    never the label, the votes or the histogram, and never the bits of any
+    other row of the batch (other clients' rows are never packed with such a
+    request, padding rows come after ``rows``). This is the leak answered-only
+    accounting documents (:mod:`pricure_crypten.privacy.accounting.outcome`):
+    it lets the servers' side confirm the actual charge to the ledger without
+    trusting the client. Returns an int64 array of 0/1, shape (rows,).
+    """
+    import numpy as np
+
+    bits = released[:rows].sum(-1).get_plain_text().numpy()
+    outcome = np.rint(bits).astype(np.int64)
+    if not np.all((outcome == 0) | (outcome == 1)) or not np.allclose(bits, outcome, atol=1e-3):
+        raise RuntimeError("the outcome of the threshold step is not a bit: the computation was corrupted")
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -182,10 +208,18 @@ class ServerState:
         if self.test_only_noise is not None and self.aggregation is not None:  # TEST ONLY: seeded partials
             self.aggregation.ops.test_only_batch = self.test_only_noise.next_batch(len(payload["query_share"]))
         try:
-            label_share = self._forward(payload["query_share"]).share.numpy().copy()
+            released = self._forward(payload["query_share"])
         finally:
             if self.aggregation is not None:
                 self.aggregation.ops.test_only_batch = None  # rehearsals and profiles use the CSPRNG
+        label_share = released.share.numpy().copy()
+        reply = {}
+        outcome_rows = int(payload.get("outcome_rows", 0))
+        if outcome_rows:  # answered-only labelling: the ONE extra, counted decode (see reveal_outcome)
+            audited = self.audit.count
+            reply["outcome"] = reveal_outcome(released, outcome_rows)
+            reply["outcome_reveals"] = 1
+            decodes_before += self.audit.count - audited  # counted apart from "decodes"
         seconds = time.perf_counter() - start
         stats = comm.get().get_communication_stats()
         return {
@@ -195,6 +229,7 @@ class ServerState:
             "seconds": seconds,
             "decodes": self.audit.count - decodes_before,
             "dealer_requests": (provider.misses - misses_before) if provider is not None else 0,
+            **reply,
         }
 
     def op_profile(self, payload: dict) -> dict:
