@@ -14,6 +14,12 @@ Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
 * ``POST /v1/queries`` (client): ``{"request_id": 32 hex, "share": {dtype, shape, data}}``.
 * ``GET /v1/queries/{request_id}`` (client): status and, when done, this
   server's share of the one-hot labels; another client's id reads as unknown.
+* ``DELETE /v1/queries/{request_id}`` (client): cancel the client's own
+  request. ``status`` says what this server can promise: ``cancelled`` (it
+  had reserved no budget for it and refuses it at the next vote, so no server
+  computes or charges it), ``too late`` (its budget was reserved: it may be
+  computed and charged; its label share is never served), or how it ended
+  (``failed``/``expired``); another client's id reads as unknown (404).
 
 Tokens are never logged (uvicorn's access log is off; only hashes are stored).
 
@@ -117,7 +123,7 @@ def build_app(node: Any) -> Any:
         try:
             data = await _read_limited(request, node.models.max_bytes, body_timeout)
             # checked off the event loop: the front door keeps answering meanwhile
-            return await anyio.to_thread.run_sync(node.models.put, owner, upload_id, data)
+            return await anyio.to_thread.run_sync(node.store_model, owner, upload_id, data)
         except WireError as error:
             raise _http(400, str(error)) from None
         finally:
@@ -175,6 +181,14 @@ def build_app(node: Any) -> Any:
         if result is None:
             raise _http(404, f"no request {request_id} of client {client} on this server")
         return result
+
+    @app.delete("/v1/queries/{request_id}")
+    def cancel_query(request_id: str, request: Request) -> dict:
+        client = who(request, "client")
+        answer = node.cancel(client, request_id) if REQUEST_ID.match(request_id) else None
+        if answer is None:  # another client's id reads as unknown: nobody cancels someone else's request
+            raise _http(404, f"no request {request_id} of client {client} on this server")
+        return answer
 
     return app
 
