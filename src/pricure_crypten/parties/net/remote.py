@@ -210,7 +210,7 @@ class RemoteEnsemble:
                     continue
                 unreachable_since.pop(i, None)
                 if response.status_code != 200:
-                    raise RemoteError(f"server {i}: {_detail(response)}")
+                    raise RemoteError(f"server {i}: {_detail(response)}; {self._give_up(request_id)}")
                 body = response.json()
                 if body["status"] == "done":
                     shares[i] = decode_array(body["label_share"], name=f"server {i}'s label share")
