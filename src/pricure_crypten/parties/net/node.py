@@ -7,12 +7,19 @@ Two threads share one :class:`Node`:
   bundles on disk and queues clients' query shares; it never computes;
 * the **MPC loop** (the main thread) is a CrypTen party. It drives the same
   :class:`~pricure_crypten.parties.server.ServerState` as the in-process
-  mode. Every tick, server 0 proposes the next step with public metadata
-  only (``broadcast_object_list``): load the owners' current uploads, or
-  consider these request ids (round robin over clients, each client's in
-  arrival order). For a load, every server votes per owner and a bundle
-  that is unusable anywhere is quarantined (not loaded; its owner sees
-  why) while the others load. For requests, every server first says which
+  mode. Every tick, each server says which uploads it holds per owner
+  (current and previous version ids) and server 0 adds its proposal, all
+  public metadata (``all_gather_object``). If the holdings changed, the
+  tick is a load: per owner, the upload every server holds
+  (:func:`choose_versions`), so a withdrawal on any server takes that owner
+  out of the next batch, and an owner whose new upload is on only some
+  servers stays on its previous version if every server still holds it
+  (else it is out until its upload is everywhere), without holding back
+  the other owners. Every server votes per owner and a bundle that is
+  unusable anywhere is quarantined (not loaded; its owner sees why) while
+  the others load. Otherwise server 0's proposal is the request ids to
+  consider (round robin over clients, each client's in arrival order).
+  For requests, every server first says which
   ids it holds (``all_gather_object``); the ids held everywhere are packed
   into one MPC batch, skipping any that does not fit (so shares sent to some
   servers only never block complete requests), and every server then votes
@@ -24,6 +31,10 @@ Two threads share one :class:`Node`:
   Each decision is a function of the gathered votes, so all servers take
   the same one. A client has at most ``max_client_requests`` pending
   requests and ``max_client_rows`` pending rows per server (HTTP 429).
+  A client may cancel its own request (:meth:`Node.cancel`): a server that
+  has not yet voted to run it (no budget reserved) refuses it at its next
+  vote, so no server computes or charges it; after that vote the cancel
+  only stops this server from serving the label share, and says so.
 
 A failure of the MPC itself (a peer or the dealer dies, a collective times
 out) fails every request in flight (reservations rolled back: nothing was
