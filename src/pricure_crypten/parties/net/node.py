@@ -457,7 +457,10 @@ class Node:
         row = self.log.lookup(request_id)
         if row is None or row[0] != client:
             return None
-        return {"request_id": request_id, "status": "failed" if row[1] != "done" else "expired", "detail": row[2]}
+        if row[1] == "done":
+            return {"request_id": request_id, "status": "expired",
+                    "detail": "computed and charged; its result is no longer held by this server"}
+        return {"request_id": request_id, "status": "failed", "detail": row[2]}
 
     def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
         if not REQUEST_ID.match(request_id):

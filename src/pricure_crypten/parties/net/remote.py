@@ -206,7 +206,7 @@ class RemoteEnsemble:
                 except RemoteError as error:  # a restarting server: tolerated briefly, then reported
                     first = unreachable_since.setdefault(i, time.monotonic())
                     if time.monotonic() - first > min(10.0, self.timeout):
-                        raise RemoteError(f"{error}; {self._give_up(request_id)}") from None
+                        raise RemoteError(f"{error}; {self._give_up(request_id, unreachable=i)}") from None
                     continue
                 unreachable_since.pop(i, None)
                 if response.status_code != 200:
@@ -245,9 +245,13 @@ class RemoteEnsemble:
                 answers.append({"status": "unknown", "detail": f"HTTP {response.status_code}: {_detail(response)}"})
         return answers
 
-    def _give_up(self, request_id: str) -> str:
-        """Cancel the request everywhere and say truthfully what that achieved."""
-        answers = self.cancel(request_id)
+    def _give_up(self, request_id: str, unreachable: Optional[int] = None) -> str:
+        """Cancel the request on every server (but one found ``unreachable``) and say truthfully what that achieved."""
+        others = [i for i in range(self.num_servers) if i != unreachable]
+        answers = {i: a for i, a in zip(others, self.cancel(request_id, servers=others))}
+        if unreachable is not None:
+            answers[unreachable] = {"status": "unreachable", "detail": "see above"}
+        answers = [answers[i] for i in range(self.num_servers)]
         confirmed = [i for i, a in enumerate(answers) if a.get("status") == "cancelled"]
         if confirmed:
             return (f"request {request_id} was cancelled (server {confirmed[0]} confirmed it before reserving any "
