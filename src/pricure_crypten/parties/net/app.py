@@ -9,8 +9,12 @@ Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
   credential's identity, so nobody can write another owner's model. The
   bundle is checked completely (in a worker thread, at most
   :data:`MAX_PARSING` at a time) before it is stored.
-  ``DELETE /v1/model`` withdraws it, ``GET /v1/model`` shows its metadata and
-  status (``loaded``, ``stored``, or ``quarantined`` with the reason).
+  The version being served stays on disk as the previous one until the new
+  upload is served: the servers serve, per owner, the upload that every
+  server holds. ``DELETE /v1/model`` withdraws every version (out of the
+  next batch), ``GET /v1/model`` shows its metadata and status (``loaded``,
+  ``stored``, ``stored (not on every server yet)`` with the upload still
+  served, or ``quarantined`` with the reason).
 * ``POST /v1/queries`` (client): ``{"request_id": 32 hex, "share": {dtype, shape, data}}``.
 * ``GET /v1/queries/{request_id}`` (client): status and, when done, this
   server's share of the one-hot labels; another client's id reads as unknown.
