@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Any
 
-from .wire import REQUEST_ID, ShapeError, WireError, decode_array, loads_json
+from .wire import REQUEST_ID, ShapeError, TooManyRequests, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_PARSING = 3  # uploads read and checked at the same time (each holds up to --max-upload-mb), one per owner
@@ -161,8 +161,6 @@ def build_app(node: Any) -> Any:
                 raise WireError("request_id must be a string")
             node.submit(client, message["request_id"], decode_array(message["share"], name="share"))
             return message["request_id"]
-
-        from .node import TooManyRequests
 
         try:
             async with query_bodies:  # bounds the memory of bodies in flight; off the event loop to parse

@@ -66,8 +66,8 @@ import numpy as np
 
 from ..._validation import DEFAULT_LOGIT_BOUND
 from .credentials import CredentialTable
-from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, WireError,
-                   bundle_from_bytes, encode_array)
+from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, TooManyRequests,
+                   WireError, bundle_from_bytes, encode_array)
 
 logger = logging.getLogger("pricure_crypten.serve")
 
@@ -77,10 +77,6 @@ RESULT_TTL = 600.0  # seconds a finished request's outcome stays readable
 RESTARTED = "server {rank} restarted (its MPC failed) before this request finished; nothing was charged"
 MAX_CANDIDATES = 512  # request ids server 0 proposes per tick (public metadata only)
 _LIMITS = BundleLimits()
-
-
-class TooManyRequests(RuntimeError):
-    """A client is over its cap of pending requests or rows on this server (HTTP 429); nothing was charged."""
 
 
 @dataclass(frozen=True)
