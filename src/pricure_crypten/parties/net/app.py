@@ -9,11 +9,21 @@ Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
   credential's identity, so nobody can write another owner's model. The
   bundle is checked completely (in a worker thread, at most
   :data:`MAX_PARSING` at a time) before it is stored.
-  ``DELETE /v1/model`` withdraws it, ``GET /v1/model`` shows its metadata and
-  status (``loaded``, ``stored``, or ``quarantined`` with the reason).
+  The version being served stays on disk as the previous one until the new
+  upload is served: the servers serve, per owner, the upload that every
+  server holds. ``DELETE /v1/model`` withdraws every version (out of the
+  next batch), ``GET /v1/model`` shows its metadata and status (``loaded``,
+  ``stored``, ``stored (not on every server yet)`` with the upload still
+  served, or ``quarantined`` with the reason).
 * ``POST /v1/queries`` (client): ``{"request_id": 32 hex, "share": {dtype, shape, data}}``.
 * ``GET /v1/queries/{request_id}`` (client): status and, when done, this
   server's share of the one-hot labels; another client's id reads as unknown.
+* ``DELETE /v1/queries/{request_id}`` (client): cancel the client's own
+  request. ``status`` says what this server can promise: ``cancelled`` (it
+  had reserved no budget for it and refuses it at the next vote, so no server
+  computes or charges it), ``too late`` (its budget was reserved: it may be
+  computed and charged; its label share is never served), or how it ended
+  (``failed``/``expired``); another client's id reads as unknown (404).
 
 Tokens are never logged (uvicorn's access log is off; only hashes are stored).
 
@@ -32,7 +42,7 @@ import threading
 import time
 from typing import Any
 
-from .wire import REQUEST_ID, ShapeError, WireError, decode_array, loads_json
+from .wire import REQUEST_ID, ShapeError, TooManyRequests, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_PARSING = 3  # uploads read and checked at the same time (each holds up to --max-upload-mb), one per owner
@@ -117,7 +127,7 @@ def build_app(node: Any) -> Any:
         try:
             data = await _read_limited(request, node.models.max_bytes, body_timeout)
             # checked off the event loop: the front door keeps answering meanwhile
-            return await anyio.to_thread.run_sync(node.models.put, owner, upload_id, data)
+            return await anyio.to_thread.run_sync(node.store_model, owner, upload_id, data)
         except WireError as error:
             raise _http(400, str(error)) from None
         finally:
@@ -152,8 +162,6 @@ def build_app(node: Any) -> Any:
             node.submit(client, message["request_id"], decode_array(message["share"], name="share"))
             return message["request_id"]
 
-        from .node import TooManyRequests
-
         try:
             async with query_bodies:  # bounds the memory of bodies in flight; off the event loop to parse
                 body = await _read_limited(request, MAX_JSON_BYTES, body_timeout)
@@ -175,6 +183,14 @@ def build_app(node: Any) -> Any:
         if result is None:
             raise _http(404, f"no request {request_id} of client {client} on this server")
         return result
+
+    @app.delete("/v1/queries/{request_id}")
+    def cancel_query(request_id: str, request: Request) -> dict:
+        client = who(request, "client")
+        answer = node.cancel(client, request_id) if REQUEST_ID.match(request_id) else None
+        if answer is None:  # another client's id reads as unknown: nobody cancels someone else's request
+            raise _http(404, f"no request {request_id} of client {client} on this server")
+        return answer
 
     return app
 

@@ -7,12 +7,19 @@ Two threads share one :class:`Node`:
   bundles on disk and queues clients' query shares; it never computes;
 * the **MPC loop** (the main thread) is a CrypTen party. It drives the same
   :class:`~pricure_crypten.parties.server.ServerState` as the in-process
-  mode. Every tick, server 0 proposes the next step with public metadata
-  only (``broadcast_object_list``): load the owners' current uploads, or
-  consider these request ids (round robin over clients, each client's in
-  arrival order). For a load, every server votes per owner and a bundle
-  that is unusable anywhere is quarantined (not loaded; its owner sees
-  why) while the others load. For requests, every server first says which
+  mode. Every tick, each server says which uploads it holds per owner
+  (current and previous version ids) and server 0 adds its proposal, all
+  public metadata (``all_gather_object``). If the holdings changed, the
+  tick is a load: per owner, the upload every server holds
+  (:func:`choose_versions`), so a withdrawal on any server takes that owner
+  out of the next batch, and an owner whose new upload is on only some
+  servers stays on its previous version if every server still holds it
+  (else it is out until its upload is everywhere), without holding back
+  the other owners. Every server votes per owner and a bundle that is
+  unusable anywhere is quarantined (not loaded; its owner sees why) while
+  the others load. Otherwise server 0's proposal is the request ids to
+  consider (round robin over clients, each client's in arrival order).
+  For requests, every server first says which
   ids it holds (``all_gather_object``); the ids held everywhere are packed
   into one MPC batch, skipping any that does not fit (so shares sent to some
   servers only never block complete requests), and every server then votes
@@ -24,6 +31,10 @@ Two threads share one :class:`Node`:
   Each decision is a function of the gathered votes, so all servers take
   the same one. A client has at most ``max_client_requests`` pending
   requests and ``max_client_rows`` pending rows per server (HTTP 429).
+  A client may cancel its own request (:meth:`Node.cancel`): a server that
+  has not yet voted to run it (no budget reserved) refuses it at its next
+  vote, so no server computes or charges it; after that vote the cancel
+  only stops this server from serving the label share, and says so.
 
 A failure of the MPC itself (a peer or the dealer dies, a collective times
 out) fails every request in flight (reservations rolled back: nothing was
@@ -55,8 +66,8 @@ import numpy as np
 
 from ..._validation import DEFAULT_LOGIT_BOUND
 from .credentials import CredentialTable
-from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, WireError,
-                   bundle_from_bytes, encode_array)
+from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, TooManyRequests,
+                   WireError, bundle_from_bytes, encode_array)
 
 logger = logging.getLogger("pricure_crypten.serve")
 
@@ -66,10 +77,6 @@ RESULT_TTL = 600.0  # seconds a finished request's outcome stays readable
 RESTARTED = "server {rank} restarted (its MPC failed) before this request finished; nothing was charged"
 MAX_CANDIDATES = 512  # request ids server 0 proposes per tick (public metadata only)
 _LIMITS = BundleLimits()
-
-
-class TooManyRequests(RuntimeError):
-    """A client is over its cap of pending requests or rows on this server (HTTP 429); nothing was charged."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,30 @@ class Pending:
     label_share: Optional[np.ndarray] = None
     error: Optional[str] = None
     finished: float = 0.0
+    reserved: bool = False  # this server voted to run it (its budget reserved): a cancel comes too late
+    cancelled: bool = False  # the client cancelled it before that: this server refuses it at the next vote
+    discard: bool = False  # cancelled too late: the label share is never served
+
+
+def choose_versions(holdings: Sequence[dict], loaded: dict) -> dict[str, str]:
+    """Per owner, the upload every server holds (as its current or previous version); owners without one are out.
+
+    ``holdings[rank]`` maps owner -> (current upload id, previous upload id
+    or None) on that server. Among the versions every server holds, the one
+    that is current on the most servers is chosen (then the one being served,
+    then the smallest id): an upload that has reached only some servers
+    leaves the owner on its previous version if every server still holds it,
+    and a withdrawal on any server takes the owner out. A pure function of
+    public metadata, so every server computes the same choice.
+    """
+    owners = set(holdings[0]).intersection(*holdings[1:])
+    out = {}
+    for owner in sorted(owners):
+        common = set.intersection(*({v for v in h[owner] if v} for h in holdings))
+        if common:
+            current = [h[owner][0] for h in holdings]
+            out[owner] = max(sorted(common), key=lambda u: (current.count(u), u == loaded.get(owner)))
+    return out
 
 
 class RequestLog:
@@ -203,6 +234,7 @@ class ModelStore:
     def __init__(self, directory: Path, limits: BundleLimits) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.previous = directory / "previous"  # one earlier version per owner, until its successor is served
         self.limits = limits
         self.max_bytes = limits.max_bytes
         self._lock = threading.Lock()
@@ -211,7 +243,13 @@ class ModelStore:
         with self._lock:
             return self._meta_unlocked()
 
-    def put(self, owner: str, upload_id: str, data: bytes) -> dict:
+    def put(self, owner: str, upload_id: str, data: bytes, *, keep: Optional[str] = None) -> dict:
+        """Store an upload as the owner's current one; the version being served (``keep``) stays as its previous one.
+
+        One previous version per owner is kept (``previous/OWNER.*``) so that
+        an owner whose new upload has reached only some servers can go on
+        being served with the version every server still holds.
+        """
         bundle, shape, classes = bundle_from_bytes(data, owner=owner, limits=self.limits)  # checks first
         with self._lock:
             for other, meta in self._meta_unlocked().items():
@@ -220,6 +258,13 @@ class ModelStore:
                                     f"{other}'s takes {meta['input_shape']} with {meta['num_classes']}")
             meta = {"owner": owner, "upload_id": upload_id, "input_shape": list(shape), "num_classes": classes,
                     "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            current = self._upload_id(self.dir, owner)
+            previous = self._upload_id(self.previous, owner)
+            if current is not None and current != upload_id and not (previous is not None and previous == keep
+                                                                      and current != keep):
+                self.previous.mkdir(exist_ok=True)  # the current one becomes the previous one
+                for suffix in (".npz", ".json"):
+                    os.replace(self.dir / f"{owner}{suffix}", self.previous / f"{owner}{suffix}")
             tmp = self.dir / f".{owner}.npz.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, self.dir / f"{owner}.npz")
@@ -227,6 +272,29 @@ class ModelStore:
             tmp.write_text(json.dumps(meta))
             os.replace(tmp, self.dir / f"{owner}.json")
         return meta
+
+    @staticmethod
+    def _upload_id(directory: Path, owner: str) -> Optional[str]:
+        try:
+            return str(json.loads((directory / f"{owner}.json").read_text())["upload_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def holdings(self) -> dict[str, tuple[Optional[str], Optional[str]]]:
+        """owner -> (current upload id, previous upload id or None): what this server could load (metadata only)."""
+        with self._lock:
+            out = {}
+            for owner in self._meta_unlocked():
+                out[owner] = (self._upload_id(self.dir, owner), self._upload_id(self.previous, owner))
+            return {o: v for o, v in out.items() if v[0] is not None}
+
+    def drop_previous(self, owner: str, upload_id: str) -> None:
+        """Forget an owner's previous version ``upload_id`` (its current one is being served everywhere)."""
+        with self._lock:
+            if self._upload_id(self.previous, owner) != upload_id:
+                return  # replaced meanwhile by the version being served: kept
+            for suffix in (".json", ".npz"):
+                (self.previous / f"{owner}{suffix}").unlink(missing_ok=True)
 
     def _meta_unlocked(self) -> dict[str, dict]:
         out = {}
@@ -240,21 +308,26 @@ class ModelStore:
     def remove(self, owner: str) -> bool:
         with self._lock:
             found = (self.dir / f"{owner}.json").exists()
-            for suffix in (".json", ".npz"):
-                (self.dir / f"{owner}{suffix}").unlink(missing_ok=True)
+            for directory in (self.dir, self.previous):  # a withdrawal removes every version
+                for suffix in (".json", ".npz"):
+                    (directory / f"{owner}{suffix}").unlink(missing_ok=True)
             return found
 
     def load(self, wanted: list[tuple[str, str]]) -> dict[str, Any]:
-        """For each (owner, upload id): its bundle, None if this server lacks that upload, or why it is unusable."""
+        """For each (owner, upload id): its bundle, None if this server lacks that upload, or why it is unusable.
+
+        The upload is looked for as the owner's current version, then as its previous one.
+        """
         out: dict[str, Any] = {}
         with self._lock:
             for owner, upload_id in wanted:
                 try:
-                    meta = json.loads((self.dir / f"{owner}.json").read_text())
-                    if meta["upload_id"] != upload_id:
+                    directory = next((d for d in (self.dir, self.previous)
+                                      if self._upload_id(d, owner) == upload_id), None)
+                    if directory is None:
                         out[owner] = None
                         continue
-                    data = (self.dir / f"{owner}.npz").read_bytes()
+                    data = (directory / f"{owner}.npz").read_bytes()
                 except (OSError, ValueError, KeyError, TypeError):
                     out[owner] = None
                     continue
@@ -330,11 +403,60 @@ class Node:
         if meta is None:
             return None
         with self.lock:
-            loaded = (owner, meta.get("upload_id")) in self.loaded
+            serving = dict(self.loaded).get(owner)
             bad = self.quarantined.get(owner)
         if bad is not None and bad["upload_id"] == meta.get("upload_id"):
             return dict(meta, status="quarantined", reason=bad["reason"])
-        return dict(meta, status="loaded" if loaded else "stored (not loaded yet)")
+        if serving == meta.get("upload_id"):
+            return dict(meta, status="loaded")
+        if serving is not None:
+            return dict(meta, status="stored (not on every server yet); the previous upload is served",
+                        serving_upload_id=serving)
+        return dict(meta, status="stored (not loaded yet)")
+
+    def store_model(self, owner: str, upload_id: str, data: bytes) -> dict:
+        """An owner's upload: becomes its current version; the version being served is kept as the previous one."""
+        with self.lock:
+            serving = dict(self.loaded).get(owner)
+        return self.models.put(owner, upload_id, data, keep=serving)
+
+    def cancel(self, client: str, request_id: str) -> Optional[dict]:
+        """The client gives up on its request: what this server can promise (None: not this client's, or unknown).
+
+        ``cancelled``: this server had not reserved its budget; it refuses the
+        request at the next vote, so no server computes or charges it.
+        ``too late``: this server had reserved its budget (the request may be
+        computed and charged); its label share will not be served. ``failed``
+        and ``expired``: it had ended already (``error`` says how).
+        """
+        rank = self.config.rank
+        with self.lock:
+            item = self.pending.get(request_id)
+            if item is not None:
+                if item.client != client:
+                    return None
+                if item.status == "pending" and not item.reserved:
+                    item.cancelled = True
+                    return {"request_id": request_id, "status": "cancelled",
+                            "detail": f"server {rank} had not reserved any budget for it; it refuses the request, "
+                                      "so no server computes or charges it"}
+                if item.status in ("pending", "done"):
+                    item.discard = True
+                    if item.status == "done":
+                        item.label_share = None
+                        item.status, item.error = "failed", (f"cancelled by the client after it was computed and "
+                                                             f"charged on server {rank}; its label share is discarded")
+                    return {"request_id": request_id, "status": "too late",
+                            "detail": f"server {rank} had already reserved its budget: the request may have been "
+                                      "computed and charged; its label share will not be served"}
+                return {"request_id": request_id, "status": item.status, "detail": item.error}
+        row = self.log.lookup(request_id)
+        if row is None or row[0] != client:
+            return None
+        if row[1] == "done":
+            return {"request_id": request_id, "status": "expired",
+                    "detail": "computed and charged; its result is no longer held by this server"}
+        return {"request_id": request_id, "status": "failed", "detail": row[2]}
 
     def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
         if not REQUEST_ID.match(request_id):
@@ -386,6 +508,10 @@ class Node:
             item = self.pending.get(request_id)
             if item is None:
                 return
+            if item.discard and status == "done":  # cancelled by the client too late: charged, never served
+                status, label_share = "failed", None
+                error = (f"cancelled by the client after server {self.config.rank} had reserved its budget: "
+                         "computed and charged; its label share is discarded")
             item.status, item.label_share, item.error, item.finished = status, label_share, error, time.monotonic()
             item.share = np.empty(0, dtype=np.int64)
         self.log.finish(request_id, status, error)
@@ -407,12 +533,10 @@ class Node:
                 logger.info("forgot %d finished request ids (retention)", gone)
 
     def _proposal(self) -> dict:
-        meta = self.models.meta()
-        wanted = sorted((owner, m["upload_id"]) for owner, m in meta.items())
-        now = time.monotonic()
-        if wanted != self.considered and now >= getattr(self, "_next_load_try", 0.0):
-            self._next_load_try = now + 1.0
-            return {"op": "load", "models": wanted}
+        """Server 0's proposal: the requests to consider, and what it last decided about the models."""
+        with self.lock:
+            base = {"considered": self.considered, "loaded": list(self.loaded),
+                    "load_due": time.monotonic() >= getattr(self, "_next_load_try", 0.0)}
         queues: dict[str, list] = {}
         with self.lock:
             for rid, item in self.pending.items():  # insertion order = arrival order at server 0
@@ -422,8 +546,8 @@ class Node:
         for turn in range(max((len(q) for q in queues.values()), default=0)):
             ids.extend(q[turn] for q in queues.values() if turn < len(q))
         if not ids:
-            return {"op": "idle"}
-        return {"op": "predict", "ids": ids[:MAX_CANDIDATES], "max_rows": self.config.max_rows}
+            return dict(base, op="idle")
+        return dict(base, op="predict", ids=ids[:MAX_CANDIDATES], max_rows=self.config.max_rows)
 
     def _vote_predict(self, ids: list, reserve: bool = True) -> tuple[list, dict]:
         """This server's vote on each proposed id, and the reservations it made (``reserve=False``: none)."""
@@ -450,6 +574,9 @@ class Node:
                               age))
             elif self.aggregation_ready is False:
                 votes.append(("refuse", "no owner models are loaded", age))
+            elif not self._claim_for_vote(item, reserve):
+                votes.append(("refuse", f"cancelled by the client (server {self.config.rank} had reserved no budget "
+                                        "for it); nothing computed or charged", age))
             elif not reserve:
                 votes.append(("ok", None, age))
             else:
@@ -463,16 +590,38 @@ class Node:
                 votes.append(("ok", None, age))
         return votes, spends
 
+    def _claim_for_vote(self, item: Pending, reserve: bool) -> bool:
+        """False if the client cancelled the request; else, for the reserving vote, marks it reserved (atomically)."""
+        with self.lock:
+            if item.cancelled:
+                return False
+            if reserve:
+                item.reserved = True
+            return True
+
     def step(self, state: Any, comm: Any, dist: Any) -> None:
-        """One tick of the agreement protocol (all servers call it in lockstep)."""
+        """One tick of the agreement protocol (all servers call it in lockstep).
+
+        Every server contributes what it holds of each owner's model
+        (metadata); server 0 adds its proposal. If the holdings changed since
+        the last load decision, the tick is a load (at once if a model being
+        served is no longer held by every server, i.e. withdrawn or replaced
+        somewhere; else at most once a second); otherwise it considers the
+        proposed requests. Both depend only on the gathered data, so every
+        server takes the same decision.
+        """
         group = comm.main_group
-        box = [self._proposal() if self.config.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=group)
-        proposal = box[0]
+        mine = {"holdings": self.models.holdings(), "proposal": self._proposal() if self.config.rank == 0 else None}
+        gathered: list = [None] * self.config.servers
+        dist.all_gather_object(gathered, mine, group=group)
+        proposal = gathered[0]["proposal"]
+        holdings = [g["holdings"] for g in gathered]
+        if holdings != proposal["considered"]:
+            gone = any(any(h.get(o) is None or u not in h[o] for h in holdings) for o, u in proposal["loaded"])
+            if gone or proposal["load_due"]:
+                self._agree_and_load(state, dist, group, holdings, dict(proposal["loaded"]))
+                return
         if proposal["op"] == "idle":
-            return
-        if proposal["op"] == "load":
-            self._agree_and_load(state, dist, group, [tuple(x) for x in proposal["models"]])
             return
         # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here;
         # the others are packed in the proposed (fair) order, skipping any that does not fit the batch.
@@ -559,7 +708,7 @@ class Node:
 
     def _check_buildable(self, bundle: Any) -> Optional[str]:
         """None if this owner's network alone builds on this server (local, no communication), else why not."""
-        from ...mpc.inference import StackedNetwork
+        from ...mpc.stacked import StackedNetwork
         from ..owner import stack_shares
 
         try:
@@ -568,18 +717,24 @@ class Node:
             return f"the stored model cannot be built: {type(error).__name__}: {str(error)[:300]}"
         return None
 
-    def _agree_and_load(self, state: Any, dist: Any, group: Any, wanted: list[tuple[str, str]]) -> None:
+    def _agree_and_load(self, state: Any, dist: Any, group: Any, holdings: list, loaded: dict) -> None:
         """All servers agree, owner by owner, on what to load; a bundle bad on any server is quarantined.
 
-        Each server votes per owner: ``ok``, ``missing`` (this server lacks
-        that upload: nothing is loaded yet, as before) or a reason it is
+        The candidates are, per owner, the upload every server holds
+        (:func:`choose_versions`): an owner withdrawn on any server is out, an
+        owner whose new upload is on only some servers stays on its previous
+        version if every server still holds it (else it is out until its
+        upload is everywhere), and neither holds back the other owners. Each
+        server then votes per candidate: ``ok``, ``missing`` (gone since the
+        holdings were gathered: out this time, retried) or a reason it is
         unusable (unreadable or refused on disk, or its network does not
         build). The owners every server accepts are loaded; the others are
-        quarantined with the reason (visible to that owner), and the other
-        owners keep working. Should loading the agreed set still fail on some
-        server, every server falls back to the owners it had loaded before and
-        quarantines the new ones: never a crash, never a restart loop.
+        quarantined with the reason (visible to that owner). Should loading
+        the agreed set still fail on some server, every server falls back to
+        the owners it had loaded before and quarantines the new ones: never a
+        crash, never a restart loop.
         """
+        wanted = sorted(choose_versions(holdings, loaded).items())
         found = self.models.load(wanted)
         mine = {}
         for owner, _ in wanted:
@@ -589,45 +744,57 @@ class Node:
             elif isinstance(item, str):
                 mine[owner] = f"server {self.config.rank}: {item}"
             else:
-                problem = self._check_buildable(item)
+                problem = (None if (owner, _) in self.loaded  # built and served already
+                           else self._check_buildable(item))
                 mine[owner] = "ok" if problem is None else f"server {self.config.rank}: {problem}"
         votes: list = [None] * self.config.servers
-        dist.all_gather_object(votes, mine, group=group)
+        dist.all_gather_object(votes, {"votes": mine, "loaded": list(self.loaded)}, group=group)
+        was_loaded = [v["loaded"] for v in votes]
+        votes = [v["votes"] for v in votes]
         bad = {owner: "; ".join(sorted({v[owner] for v in votes if v[owner] not in ("ok", "missing")}))
                for owner, _ in wanted}
         bad = {owner: reason for owner, reason in bad.items() if reason}
+        missing = {o for o, _ in wanted if o not in bad and any(v[o] == "missing" for v in votes)}
         upload = dict(wanted)
         with self.lock:
             for owner, reason in bad.items():
                 if self.quarantined.get(owner, {}).get("upload_id") != upload[owner]:
                     logger.error("quarantined the upload %s of owner %s (not loaded): %s", upload[owner], owner,
                                  reason)
-            # only current uploads are quarantined: a withdrawn or replaced one is forgotten
+            # only uploads still chosen are quarantined: a withdrawn or replaced one is forgotten
             self.quarantined = {owner: {"upload_id": upload[owner], "reason": reason} for owner, reason in bad.items()}
-        if any(v[o] == "missing" for v in votes for o, _ in wanted if o not in bad):
-            return  # an upload has not reached every server yet: retried (server 0 proposes again)
-        good = [(o, u) for o, u in wanted if o not in bad]
-        ok = True
-        try:
-            self._load(state, good, [found[o] for o, _ in good])
-        except Exception as error:  # noqa: BLE001 - local: agreed on below
-            ok = False
-            logger.error("loading %d owners failed: %s: %s", len(good), type(error).__name__, str(error)[:300])
-        flags: list = [None] * self.config.servers
-        dist.all_gather_object(flags, ok, group=group)
-        if not all(flags):
-            before = [(o, u) for o, u in good if (o, u) in self.loaded]
-            reason = "the servers could not load this upload together with the other owners' models"
-            with self.lock:
-                for owner, upload_id in good:
-                    if (owner, upload_id) not in before:
-                        self.quarantined[owner] = {"upload_id": upload_id, "reason": reason}
+        good = [(o, u) for o, u in wanted if o not in bad and o not in missing]
+        if any(list(w) != good for w in was_loaded):  # else every server serves exactly this set already
+            ok = True
             try:
-                self._load(state, before, [found[o] for o, _ in before])
-            except Exception:  # noqa: BLE001 - even the previous set fails: serve no model rather than crash
-                self._load(state, [], [])
+                self._load(state, good, [found[o] for o, _ in good])
+            except Exception as error:  # noqa: BLE001 - local: agreed on below
+                ok = False
+                logger.error("loading %d owners failed: %s: %s", len(good), type(error).__name__,
+                             str(error)[:300])
+            flags: list = [None] * self.config.servers
+            dist.all_gather_object(flags, ok, group=group)
+            if not all(flags):
+                before = [(o, u) for o, u in good if (o, u) in self.loaded]
+                reason = "the servers could not load this upload together with the other owners' models"
+                with self.lock:
+                    for owner, upload_id in good:
+                        if (owner, upload_id) not in before:
+                            self.quarantined[owner] = {"upload_id": upload_id, "reason": reason}
+                try:
+                    self._load(state, before, [found[o] for o, _ in before])
+                except Exception:  # noqa: BLE001 - even the previous set fails: serve no model rather than crash
+                    self._load(state, [], [])
+        # an owner whose current version is served (on every server): its previous version goes, on every server
+        served = dict(self.loaded)
+        after = [{o: ((v[0], None) if served.get(o) == v[0] else v) for o, v in h.items()} for h in holdings]
+        for owner, (current, previous) in holdings[self.config.rank].items():
+            if previous is not None and served.get(owner) == current:
+                self.models.drop_previous(owner, previous)
         with self.lock:
-            self.considered = list(wanted)
+            if not missing:  # else retried at the next due load (a version vanished while being read)
+                self.considered = after
+            self._next_load_try = time.monotonic() + 1.0
 
     def _load(self, state: Any, wanted: list[tuple[str, str]], bundles: list[Any]) -> None:
         from ...privacy.noise import calibrate

@@ -24,7 +24,12 @@ from .wire import bundle_to_bytes, decode_array, encode_array
 
 
 class RemoteError(RuntimeError):
-    """A request failed or was refused; the text says where and why. Nothing was revealed."""
+    """A request failed, was refused or given up on; the text says where, why, and what is known of its charge.
+
+    No label was reconstructed: the client reveals only when it holds every
+    server's share. Whether the request was computed and charged on the
+    servers is stated in the text (a request cancelled in time is not).
+    """
 
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,200}$")  # what 'pricure admin add' writes (secrets.token_urlsafe)
@@ -176,8 +181,15 @@ class RemoteEnsemble:
             response = self._servers.call(i, "POST", "/v1/queries",
                                           json={"request_id": request_id, "share": encode_array(share)})
             if response.status_code != 202:
+                cancelled = ""
+                if i > 0:  # the servers that took their share: cancelled there (no budget reserved yet)
+                    answers = self.cancel(request_id, servers=range(i))
+                    cancelled = ("; cancelled on the servers that had accepted it" if
+                                 all(a.get("status") == "cancelled" for a in answers)
+                                 else "; never computed: the servers that took their share drop it when it does not "
+                                      "reach every server")
                 raise RemoteError(f"server {i} refused request {request_id} (HTTP {response.status_code}): "
-                                  f"{_detail(response)}")
+                                  f"{_detail(response)}{cancelled}")
         return request_id
 
     def collect(self, request_id: str) -> list[np.ndarray]:
@@ -194,11 +206,11 @@ class RemoteEnsemble:
                 except RemoteError as error:  # a restarting server: tolerated briefly, then reported
                     first = unreachable_since.setdefault(i, time.monotonic())
                     if time.monotonic() - first > min(10.0, self.timeout):
-                        raise RemoteError(f"{error}; request {request_id} failed, nothing was revealed") from None
+                        raise RemoteError(f"{error}; {self._give_up(request_id, unreachable=i)}") from None
                     continue
                 unreachable_since.pop(i, None)
                 if response.status_code != 200:
-                    raise RemoteError(f"server {i}: {_detail(response)}")
+                    raise RemoteError(f"server {i}: {_detail(response)}; {self._give_up(request_id)}")
                 body = response.json()
                 if body["status"] == "done":
                     shares[i] = decode_array(body["label_share"], name=f"server {i}'s label share")
@@ -206,10 +218,55 @@ class RemoteEnsemble:
                     raise RemoteError(f"server {i}: request {request_id} {body['status']}: {body.get('error')}")
             if len(shares) < self.num_servers:
                 if time.monotonic() > deadline:
-                    raise RemoteError(f"request {request_id}: no answer from every server within {self.timeout:g} s "
-                                      "(it is dropped by the servers); nothing was revealed")
+                    raise RemoteError(f"no answer from every server within {self.timeout:g} s; "
+                                      f"{self._give_up(request_id)}")
                 time.sleep(self.poll)
         return [shares[i] for i in range(self.num_servers)]
+
+    def cancel(self, request_id: str, servers: Optional[Sequence[int]] = None) -> list[dict]:
+        """Cancel this client's request on every server; each server's answer (``status`` ``unreachable`` if none).
+
+        A server that answers ``cancelled`` had reserved no budget for the
+        request and refuses it at its next vote, so no server computes or
+        charges it. ``too late``: that server had reserved its budget (the
+        request may have been computed and charged); it never serves the
+        label share.
+        """
+        answers = []
+        for i in range(self.num_servers) if servers is None else servers:
+            try:
+                response = self._servers.call(i, "DELETE", f"/v1/queries/{request_id}")
+            except RemoteError as error:
+                answers.append({"status": "unreachable", "detail": str(error)})
+                continue
+            if response.status_code == 200:
+                answers.append(response.json())
+            else:
+                answers.append({"status": "unknown", "detail": f"HTTP {response.status_code}: {_detail(response)}"})
+        return answers
+
+    def _give_up(self, request_id: str, unreachable: Optional[int] = None) -> str:
+        """Cancel the request on every server (but one found ``unreachable``) and say truthfully what that achieved."""
+        others = [i for i in range(self.num_servers) if i != unreachable]
+        answers = {i: a for i, a in zip(others, self.cancel(request_id, servers=others))}
+        if unreachable is not None:
+            answers[unreachable] = {"status": "unreachable", "detail": "see above"}
+        answers = [answers[i] for i in range(self.num_servers)]
+        confirmed = [i for i, a in enumerate(answers) if a.get("status") == "cancelled"]
+        if confirmed:
+            return (f"request {request_id} was cancelled (server {confirmed[0]} confirmed it before reserving any "
+                    "budget, so no server computes or charges it); nothing was revealed")
+        late = [i for i, a in enumerate(answers) if a.get("status") == "too late"]
+        ended = [i for i, a in enumerate(answers) if a.get("status") in ("failed", "expired")]
+        if ended and not late:
+            return (f"request {request_id} had already ended on the servers: "
+                    + "; ".join(f"server {i}: {answers[i].get('detail')}" for i in ended))
+        others = "; ".join(f"server {i}: {a['status']} ({a.get('detail')})" for i, a in enumerate(answers)
+                           if i not in late)
+        where = f"server(s) {', '.join(map(str, late))} had already reserved its budget" if late else \
+            "no server confirmed the cancellation"
+        return (f"request {request_id} could not be cancelled in time ({where}{'; ' + others if others else ''}): "
+                "the request may have been computed and charged; its result will not be delivered")
 
     def predict(self, queries: Any) -> np.ndarray:
         """Private labels of the batch (-1 = abstain); reconstructed here, and only here."""

@@ -69,6 +69,10 @@ class ShapeError(WireError):
     """A well-formed share of the wrong shape or size for this deployment (HTTP 422)."""
 
 
+class TooManyRequests(RuntimeError):
+    """A client is over its cap of pending requests or rows on this server (HTTP 429); nothing was charged."""
+
+
 def loads_json(body: bytes, *, what: str = "the body") -> Any:
     """JSON from untrusted bytes: :class:`WireError` for anything that is not (too deep included)."""
     try:
