@@ -11,12 +11,15 @@ truth; each attack sees only the labels its oracle returns.
 * attacks: :mod:`.gap`, :mod:`.augmentation`, :mod:`.boundary` (ART's
   HopSkipJump), :mod:`.repeated`; thresholds from :mod:`.shadow` owners;
 * :mod:`.metrics`: AUC, balanced accuracy, TPR at low FPR with bootstrap
-  intervals, and the DP bound on the ROC.
+  intervals, and the DP bound on the ROC;
+* :mod:`.audit`: the empirical privacy audit, a lower bound on epsilon from
+  an attack's results, and the largest epsilon a sample of a given size can refute.
 
 The ART dependency (``adversarial-robustness-toolbox``) is imported only by
 :mod:`.boundary`, when the attack runs.
 """
 
+from .audit import AuditResult, empirical_epsilon, max_refutable_epsilon
 from .augmentation import AugmentationAttack
 from .base import LabelOnlyAttack
 from .boundary import BoundaryAttack, art_classifier
@@ -30,9 +33,10 @@ from .shadow import calibrate_on_shadows
 from .splits import MembershipSplit, make_split, shadow_split
 
 __all__ = [
-    "ABSTAIN", "AttackReport", "AugmentationAttack", "BoundCheck", "BoundaryAttack", "BudgetedOracle",
-    "EnsembleOracle", "Estimate", "GapAttack", "LabelOnlyAttack", "LabelOracle", "MPCOracle", "MembershipSplit",
-    "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "art_classifier", "auc", "balanced_accuracy",
-    "best_threshold", "calibrate_on_shadows", "check_dp_bound", "composed_epsilon", "dp_tpr_bound", "evaluate",
-    "make_split", "roc", "shadow_split", "tpr_at_fpr", "train_overfit",
+    "ABSTAIN", "AttackReport", "AuditResult", "AugmentationAttack", "BoundCheck", "BoundaryAttack",
+    "BudgetedOracle", "EnsembleOracle", "Estimate", "GapAttack", "LabelOnlyAttack", "LabelOracle", "MPCOracle",
+    "MembershipSplit", "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "art_classifier", "auc",
+    "balanced_accuracy", "best_threshold", "calibrate_on_shadows", "check_dp_bound", "composed_epsilon",
+    "dp_tpr_bound", "empirical_epsilon", "evaluate", "make_split", "max_refutable_epsilon", "roc", "shadow_split",
+    "tpr_at_fpr", "train_overfit",
 ]
