@@ -242,11 +242,17 @@ class ExperimentOptions:
         stacking: True (default) evaluates same-architecture owners in one
             batched pass; False evaluates them one after the other (the naive
             baseline of the benchmarks; rounds grow with K).
+        test_only_noise_seed: TEST ONLY, a :class:`~pricure_crypten.mpc.randomness.TestOnlyNoiseSeed`:
+            per-row seeded noise partials that a plaintext simulation reproduces
+            exactly (:mod:`pricure_crypten.experiments.conformance`). Refused
+            unless ``PRICURE_TEST_ONLY_SEEDED_NOISE=1`` is set here and in the
+            server processes; not reachable from the CLI or ``pricure serve``.
     """
 
     noise_seed: Optional[str | int] = None
     share_seed: Optional[str | int] = None
     stacking: bool = True
+    test_only_noise_seed: Any = None
 
     def __post_init__(self) -> None:
         for name in ("noise_seed", "share_seed"):
@@ -264,3 +270,12 @@ class ExperimentOptions:
             )
         if not isinstance(self.stacking, bool):
             raise TypeError(f"stacking must be a bool, not {type(self.stacking).__name__}")
+        if self.test_only_noise_seed is not None:
+            from .mpc.randomness import TestOnlyNoiseSeed, require_test_only_noise_enabled
+
+            if not isinstance(self.test_only_noise_seed, TestOnlyNoiseSeed):
+                raise TypeError("test_only_noise_seed must be a pricure_crypten.mpc.randomness.TestOnlyNoiseSeed, "
+                                f"not {type(self.test_only_noise_seed).__name__}")
+            if self.noise_seed is not None:
+                raise ValueError("give noise_seed or test_only_noise_seed, not both")
+            require_test_only_noise_enabled("ExperimentOptions(test_only_noise_seed=...)")

@@ -275,6 +275,7 @@ class PrivateEnsemble:
                 aggregation=self.aggregation.method, mechanism=self.aggregation.noise,
                 colluding=self.cluster_config.colluding, logit_bound=self.aggregation.logit_bound,
                 noise_seed=self.experiment.noise_seed, stacking=self.experiment.stacking,
+                test_only_noise_seed=self.experiment.test_only_noise_seed,
                 input_shape=self.input_shape,
             )
             self._cluster.request("load", [dict(settings, bundles=b) for b in per_server])

@@ -48,10 +48,15 @@ class PlaintextReleaseOps:
 
     def add_noise(self, values: np.ndarray, partial: Callable[..., np.ndarray]) -> np.ndarray:
         noisy = np.asarray(values, dtype=np.float64).copy()
-        for _ in range(self.num_servers):
-            draw = partial(noisy.shape, num_servers=self.num_servers, colluding=self.colluding, rng=self.rng)
+        for draw in self.server_partials(partial, noisy.shape):
             noisy += np.round(draw * SCALE) / SCALE  # each server encodes its partial in fixed point
         return noisy
+
+    def server_partials(self, partial: Callable[..., np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
+        """The N servers' partials of one noise addition, in rank order (all drawn from ``rng`` here;
+        :mod:`~pricure_crypten.experiments.conformance` draws them from the test-only seeded streams)."""
+        return [partial(shape, num_servers=self.num_servers, colluding=self.colluding, rng=self.rng)
+                for _ in range(self.num_servers)]
 
     def argmax(self, values: np.ndarray) -> np.ndarray:
         return np.eye(values.shape[-1])[np.argmax(values, axis=-1)]  # numpy: first (lowest) index on ties

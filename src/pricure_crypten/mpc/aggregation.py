@@ -46,7 +46,7 @@ import torch
 
 from .._validation import DEFAULT_LOGIT_BOUND, check_aggregation, check_logit_bound
 from ._crypten import MPCTensor, crypten
-from .randomness import SecureRandom
+from .randomness import SecureRandom, TestOnlyNoiseBatch
 from .sharing import FRACTIONAL_BITS, REPRESENTABLE_MAX_ABS, SCALE, encode
 
 
@@ -250,11 +250,16 @@ class MPCReleaseOps:
         self.num_servers = num_servers
         self.colluding = colluding
         self.rng = rng
+        self.test_only_batch: TestOnlyNoiseBatch | None = None  # TEST ONLY: set per batch by a seeded server
 
     def add_noise(self, values: MPCTensor, partial: Callable[..., np.ndarray]) -> MPCTensor:
         """Add this server's partial to its own share: local, no communication, nothing decoded."""
         values = to_fixed_point(values)
-        draw = partial(tuple(values.size()), num_servers=self.num_servers, colluding=self.colluding, rng=self.rng)
+        shape = tuple(values.size())
+        if self.test_only_batch is not None:  # TEST ONLY (TestOnlyNoiseSeed): per-row seeded streams
+            draw = self.test_only_batch.partial(partial, shape, num_servers=self.num_servers, colluding=self.colluding)
+        else:
+            draw = partial(shape, num_servers=self.num_servers, colluding=self.colluding, rng=self.rng)
         encoded = torch.from_numpy(encode(draw, max_abs=REPRESENTABLE_MAX_ABS, name="noise partial"))
         return MPCTensor.from_shares(values.share + encoded, precision=FRACTIONAL_BITS)
 

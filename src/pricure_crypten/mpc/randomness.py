@@ -20,8 +20,11 @@ rejection for the gamma), so their only approximation is double precision.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from typing import Sequence, Union
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
@@ -125,3 +128,130 @@ class SecureRandom:
         if boost:
             draws = draws * self.uniform(count) ** (1.0 / k)
         return (scale * draws).reshape(out_size)
+
+
+# -- TEST ONLY: seeded noise partials, for the per-query MPC-vs-simulation check --
+
+TEST_ONLY_NOISE_ENV = "PRICURE_TEST_ONLY_SEEDED_NOISE"
+"""The environment variable that must be ``1`` in every process that uses a :class:`TestOnlyNoiseSeed`."""
+
+_logger = logging.getLogger("pricure_crypten.test_only_noise")
+
+
+class TestOnlyNoiseWarning(UserWarning):
+    """A :class:`TestOnlyNoiseSeed` was created: the DP noise is predictable (tests only)."""
+
+    __test__ = False  # not a pytest test class
+
+
+class TestOnlySeededNoiseRefused(RuntimeError):
+    """A :class:`TestOnlyNoiseSeed` was used in a process without ``PRICURE_TEST_ONLY_SEEDED_NOISE=1``."""
+
+    __test__ = False  # not a pytest test class
+
+
+def require_test_only_noise_enabled(where: str) -> None:
+    """Refuse (:class:`TestOnlySeededNoiseRefused`) unless ``PRICURE_TEST_ONLY_SEEDED_NOISE=1`` in THIS process."""
+    if os.environ.get(TEST_ONLY_NOISE_ENV) != "1":
+        raise TestOnlySeededNoiseRefused(
+            f"{where}: seeded DP noise is for tests only (it makes the total noise known to anyone who knows the "
+            f"seed: no differential privacy at all) and is refused unless {TEST_ONLY_NOISE_ENV}=1 is set in the "
+            "environment of this process. Never set it in a deployment."
+        )
+
+
+@dataclass(frozen=True)
+class TestOnlyNoiseSeed:
+    """TEST ONLY: every server draws its DP noise partials from streams derived from this seed.
+
+    With it, a plaintext simulation (:mod:`pricure_crypten.experiments.conformance`)
+    reproduces the exact total noise of every query and class, so the labels of
+    the MPC path and of the simulation can be compared query by query. Only the
+    noise partials change: shares of models and queries, and CrypTen's own
+    randomness (Beaver triples, the dealer), stay on their CSPRNGs.
+
+    The partial of server ``r`` for the ``d``-th noise addition of the release
+    of the ``j``-th row it computes (rows counted from 0 since the owners'
+    shares were loaded, in the order of ``predict`` batches; rehearsals and
+    profiles of the offline phase use the CSPRNG and count no rows) is drawn
+    by the mechanism's own ``partial`` from ``SecureRandom`` seeded with
+    ``(seed, r, j, d)`` (:meth:`stream`), so it does not depend on how rows are
+    grouped into batches.
+
+    Refused (:class:`TestOnlySeededNoiseRefused`) unless
+    ``PRICURE_TEST_ONLY_SEEDED_NOISE=1`` is set, here and again in every server
+    process that receives it; each use is logged at WARNING. It is reachable
+    only through ``ExperimentOptions(test_only_noise_seed=...)`` of the
+    in-process :class:`~pricure_crypten.PrivateEnsemble`, never from the CLI
+    or the networked servers (``pricure serve``), which always use the CSPRNG.
+    """
+
+    seed: str
+    __test__ = False  # not a pytest test class
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, str) or not self.seed:
+            raise TypeError(f"TestOnlyNoiseSeed.seed must be a non-empty str, got {self.seed!r}")
+        require_test_only_noise_enabled("TestOnlyNoiseSeed")
+        warnings.warn(f"TEST ONLY: {self!r} makes every DP noise partial predictable (no privacy)",
+                      TestOnlyNoiseWarning, stacklevel=3)
+
+    def stream(self, *, server: int, row: int, draw: int) -> SecureRandom:
+        """The deterministic stream of server ``server``'s partial for row ``row``, noise addition ``draw``."""
+        return SecureRandom(seed=f"pricure-test-only-noise/{self.seed}/server-{server}/row-{row}/draw-{draw}")
+
+    def batch(self, *, server: int, first_row: int, rows: int) -> "TestOnlyNoiseBatch":
+        """The partials of server ``server`` for one batch of rows ``first_row .. first_row + rows - 1``."""
+        return TestOnlyNoiseBatch(self, server=server, first_row=first_row, rows=rows)
+
+
+class TestOnlyNoiseBatch:
+    """TEST ONLY: one server's seeded partials for one batch (the rows' streams, noise additions in order)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, seed: TestOnlyNoiseSeed, *, server: int, first_row: int, rows: int) -> None:
+        self.seed, self.server, self.first_row, self.rows = seed, int(server), int(first_row), int(rows)
+        self.draws = 0
+
+    def partial(self, partial: Callable[..., np.ndarray], shape: Shape, *, num_servers: int,
+                colluding: int) -> np.ndarray:
+        """``partial(shape, ...)`` for this batch, row by row from the rows' streams (shape[0] = rows)."""
+        size = _size(shape)
+        if not size or size[0] != self.rows:
+            raise ValueError(f"test-only seeded noise: expected {self.rows} rows, got a draw of shape {size}")
+        draw = self.draws
+        self.draws += 1
+        return np.stack([
+            np.asarray(partial(size[1:], num_servers=num_servers, colluding=colluding,
+                               rng=self.seed.stream(server=self.server, row=self.first_row + i, draw=draw)),
+                       dtype=np.float64).reshape(size[1:])
+            for i in range(self.rows)
+        ]).reshape(size)
+
+
+class TestOnlySeededServerNoise:
+    """TEST ONLY: what a server keeps between batches in seeded mode (its rank and its row counter).
+
+    Built by :meth:`enable` in the server process, which checks the
+    environment variable there and logs the use at WARNING.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, seed: TestOnlyNoiseSeed, *, server: int) -> None:
+        self.seed, self.server, self.next_row = seed, int(server), 0
+
+    @classmethod
+    def enable(cls, seed: Any, *, server: int) -> "TestOnlySeededServerNoise":
+        if not isinstance(seed, TestOnlyNoiseSeed):
+            raise TypeError(f"test_only_noise_seed must be a TestOnlyNoiseSeed, not {type(seed).__name__}")
+        require_test_only_noise_enabled(f"server {server}")
+        _logger.warning("TEST ONLY: server %d draws its DP noise partials from the seed %r: NO differential "
+                        "privacy against anyone who knows the seed", server, seed.seed)
+        return cls(seed, server=server)
+
+    def next_batch(self, rows: int) -> TestOnlyNoiseBatch:
+        batch = self.seed.batch(server=self.server, first_row=self.next_row, rows=rows)
+        self.next_row += int(rows)
+        return batch

@@ -68,6 +68,7 @@ class ServerState:
         self.input_shape: tuple[int, ...] | None = None
         self.patterns: dict[int, list] = {}  # batch rows -> the tuple requests of one batch (public)
         self.depths: dict[int, int] = {}  # batch rows -> batches to keep in stock
+        self.test_only_noise: Any = None  # TEST ONLY: TestOnlySeededServerNoise (see op_load)
 
     @property
     def provider(self) -> Any:
@@ -111,6 +112,12 @@ class ServerState:
         from ..mpc.randomness import SecureRandom
         from .owner import group_by_architecture, stack_shares
 
+        self.test_only_noise = None
+        if payload.get("test_only_noise_seed") is not None:  # TEST ONLY; refused without the env var HERE
+            from ..mpc.randomness import TestOnlySeededServerNoise
+
+            self.test_only_noise = TestOnlySeededServerNoise.enable(payload["test_only_noise_seed"],
+                                                                    server=self.config.rank)
         bundles = payload["bundles"]
         shape = payload.get("input_shape")  # needed only to rehearse a batch for the offline phase
         self.input_shape = tuple(shape) if shape is not None else None
@@ -172,7 +179,13 @@ class ServerState:
         misses_before = provider.misses if provider is not None else 0
         comm.get().reset_communication_stats()
         start = time.perf_counter()
-        label_share = self._forward(payload["query_share"]).share.numpy().copy()
+        if self.test_only_noise is not None and self.aggregation is not None:  # TEST ONLY: seeded partials
+            self.aggregation.ops.test_only_batch = self.test_only_noise.next_batch(len(payload["query_share"]))
+        try:
+            label_share = self._forward(payload["query_share"]).share.numpy().copy()
+        finally:
+            if self.aggregation is not None:
+                self.aggregation.ops.test_only_batch = None  # rehearsals and profiles use the CSPRNG
         seconds = time.perf_counter() - start
         stats = comm.get().get_communication_stats()
         return {
