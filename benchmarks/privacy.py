@@ -1,13 +1,24 @@
-"""Private accuracy vs epsilon per query, on trained owners (the ``privacy`` suite).
+"""Private accuracy vs the noise level, on trained owners (the ``privacy`` suite).
 
 Per dataset: K = 10 owners train on Dirichlet(alpha = 1.0) label-skewed
 shards of the training split (:func:`pricure_crypten.experiments.training.train_owners`,
 default architecture: an MLP for breast-cancer, the small CNN for
-PneumoniaMNIST). The test split (optionally capped) is the query set. For
-every (aggregation, mechanism, epsilon), ONE ensemble (N = 2 servers and the
-dealer) is started and answers all queries in batches; its accuracy is what
-the client measures. epsilon = inf means no noise for either mechanism, so
-that run is made once per aggregation and reported under both mechanisms.
+PneumoniaMNIST). The test split (optionally capped) is the query set, asked
+by ONE client. For every (aggregation, mechanism, epsilon), ONE ensemble
+(N = 2 servers and the dealer) is started and answers all queries in batches;
+its accuracy is what the client measures. epsilon = inf means no noise for
+either mechanism, so that run is made once per aggregation and reported under
+both mechanisms.
+
+What the privacy columns bound. ``epsilon``/``delta`` only NAME the noise
+(the calibration of one release: Laplace b = 2 / epsilon, analytic Gaussian
+at delta 1e-5); they are not a guarantee for anything a client can do. The
+guarantee stated is the client's TOTAL: ``client_total_epsilon`` at
+``client_total_delta`` (1e-5) after the ``client_queries`` queries it asked
+in that run, by the PLD accountant (dp_accounting, add-or-remove-one
+neighbours), through :func:`benchmarks.utility.total_epsilon`. A deployment
+that lets a client ask more pays more (see the ``utility`` suite for
+accuracy at a fixed total).
 
 Reference columns, all plaintext (evaluation only): the noiseless plaintext
 ensemble, the best and mean single owner, and ``reference_noisy_accuracy``,
@@ -49,12 +60,22 @@ from pricure_crypten.experiments.training import accuracy, train_owners
 from .memory import cumulative_peaks, largest_peak_mib
 from .grid import Grid
 from .measure import attempt
+from .utility import total_epsilon
 
 NUM_OWNERS = 10
 ALPHA = 1.0
 NUM_SERVERS = 2
 REFERENCE_DRAWS = 20
 TOLERANCE = 0.02  # "within 2 points" of the plaintext ensemble
+CLIENT_DELTA = 1e-5  # the delta at which a client's total epsilon is stated
+ACCOUNTANT = "pld"
+
+
+def client_total(mechanism: Any, queries: int) -> float:
+    """The client's total epsilon after ``queries`` releases of ``mechanism`` (PLD, delta 1e-5; inf without noise)."""
+    if mechanism.deterministic:
+        return math.inf
+    return total_epsilon(mechanism, queries=queries, delta=CLIENT_DELTA, accountant=ACCOUNTANT)
 
 
 @dataclass
@@ -147,6 +168,8 @@ def dataset_rows(setup: Setup, grid: Grid, *, seed: int, batch_size: int) -> Ite
             "dataset": setup.dataset, "owners": len(setup.owners), "servers": NUM_SERVERS,
             "queries": len(setup.truth), "aggregation": agg, "mechanism": mech, "epsilon": eps,
             "delta": calibrated.delta, "noise_scale": calibrated.scale,
+            "client_queries": len(setup.truth), "client_total_epsilon": client_total(calibrated, len(setup.truth)),
+            "client_total_delta": CLIENT_DELTA, "accountant": ACCOUNTANT,
             "private_accuracy": None if labels is None else float(np.mean(labels == setup.truth)),
             "reference_noisy_accuracy": _reference_accuracy(setup, agg, mech, eps,
                                                             1 if math.isinf(eps) else REFERENCE_DRAWS, seed),
@@ -176,8 +199,9 @@ def privacy_suite(grid: Grid, *, seed: int, root: Path, batch_size: int,
 
 
 def smallest_epsilon_within(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> list[dict[str, Any]]:
-    """Per (dataset, aggregation, mechanism): the smallest epsilon FROM WHICH ON (this and every
-    larger epsilon of the grid) private accuracy is within ``tolerance`` of the plaintext ensemble."""
+    """Per (dataset, aggregation, mechanism): the smallest noise calibration ``epsilon`` FROM WHICH ON
+    (this and every larger one of the grid) private accuracy is within ``tolerance`` of the plaintext
+    ensemble, with the client's total epsilon for the queries of that run (the guarantee)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["aggregation"], row["mechanism"]), []).append(row)
@@ -192,6 +216,9 @@ def smallest_epsilon_within(rows: Sequence[dict[str, Any]], tolerance: float = T
             best = row
         found.append({"dataset": dataset, "aggregation": agg, "mechanism": mech,
                       "epsilon": best and best["epsilon"],
+                      "client_queries": group[0].get("client_queries"),
+                      "client_total_epsilon": best and best.get("client_total_epsilon"),
+                      "client_total_delta": group[0].get("client_total_delta"),
                       "private_accuracy": best and best["private_accuracy"],
                       "plaintext_ensemble_accuracy": group[0]["plaintext_ensemble_accuracy"],
                       "best_single_owner_accuracy": group[0]["best_single_owner_accuracy"]})

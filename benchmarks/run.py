@@ -29,9 +29,11 @@ from .plots import make_plots
 from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
+from .utility import utility_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia")
-DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")  # "mia" (attacks, minutes) only when asked for
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "utility")
+# "mia" (attacks, minutes) and "utility" (trains up to 250 owners per point, an hour) only when asked for
+DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
 
@@ -47,7 +49,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description="Run the pricure-crypten benchmark suites: CSVs, plots, summary.md.")
     parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
-                        help="which suites to run (default: all but mia; --suite mia runs the membership-inference attacks)")
+                        help="which suites to run (default: all but mia and utility; --suite mia runs the "
+                             "membership-inference attacks, --suite utility the accuracy-vs-K study)")
     parser.add_argument("--quick", action="store_true", help="the reduced sweep (a few minutes)")
     parser.add_argument("--repeats", type=_positive, default=None,
                         help="measured calls per point after the warm-up (default: 3, quick: 1)")
@@ -75,6 +78,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
                                          max_queries=args.privacy_max_queries),
         "perf": lambda: perf_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
+        "utility": lambda: utility_suite(quick=args.quick, seed=args.seed, out=args.out),
     }
     return runners[name]()
 
@@ -105,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = select(quick=args.quick, repeats=args.repeats, naive_max_owners=args.naive_max_owners)
     out = args.out or REPO_ROOT / "benchmarks" / "results" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    args.out = out  # suites that write their own summaries (utility) write them here
     env = environment(argv)
     env["run"] = {"suites": args.suite, "quick": args.quick, "grid": grid.__dict__, "seed": args.seed,
                   "network_model": [n.__dict__ for n in NETWORKS], "wall_seconds": None}
