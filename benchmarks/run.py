@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .env import REPO_ROOT, environment
 from .grid import Grid, select
+from .exposure import DEFAULT_MNIST_ROOT, exposure_markdown, exposure_suite
 from .mia import mia_report, mia_suite
 from .perf import perf_report, perf_suite
 from .netmodel import NETWORKS
@@ -31,8 +32,9 @@ from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
 from .utility import utility_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "utility")
-# "mia" (attacks, minutes) and "utility" (trains up to 250 owners per point, an hour) only when asked for
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "utility", "exposure")
+# "mia" (attacks, minutes), "utility" (trains up to 250 owners per point, an hour) and "exposure" (MIA where the
+# noiseless system leaks) only when asked for
 DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
@@ -58,6 +60,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="run the naive baseline only up to this K (default: 50, quick: 5)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: benchmarks/results/<YYYYmmdd-HHMMSS>)")
+    parser.add_argument("--mnist-root", type=Path, default=DEFAULT_MNIST_ROOT,
+                        help="folder with MNIST for the exposure suite (digits when missing)")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help="folder with pneumoniamnist.npz (skipped when missing)")
     parser.add_argument("--privacy-batch", type=_positive, default=128, help="queries per call in the privacy suite")
@@ -79,6 +83,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "perf": lambda: perf_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
         "utility": lambda: utility_suite(quick=args.quick, seed=args.seed, out=args.out),
+        "exposure": lambda: exposure_suite(quick=args.quick, seed=args.seed, root=args.mnist_root),
     }
     return runners[name]()
 
@@ -87,7 +92,9 @@ def _write_report(results: dict[str, list[dict[str, Any]]], env: dict[str, Any],
     plots = make_plots(results, out)
     mia_plots, mia_section = mia_report(results.get("mia"), out)
     perf_section = perf_report(results.get("perf"))
-    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + perf_section + mia_section)
+    exposure_section = exposure_markdown(results.get("exposure") or [])
+    (out / "summary.md").write_text(summary_markdown(results, env, plots + mia_plots) + perf_section + mia_section
+                                    + exposure_section)
 
 
 def _replot(out: Path) -> int:

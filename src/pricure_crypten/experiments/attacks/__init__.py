@@ -24,8 +24,9 @@ from .augmentation import AugmentationAttack
 from .base import LabelOnlyAttack
 from .boundary import BoundaryAttack, art_classifier
 from .gap import GapAttack
-from .metrics import (AttackReport, BoundCheck, Estimate, auc, balanced_accuracy, best_threshold, check_dp_bound,
-                      composed_epsilon, dp_tpr_bound, evaluate, roc, tpr_at_fpr)
+from .metrics import (AttackReport, BoundCheck, Estimate, TotalEpsilon, auc, balanced_accuracy, best_threshold,
+                      check_dp_bound, client_total_epsilon, composed_epsilon, dp_tpr_bound, evaluate,
+                      min_non_members, roc, tpr_at_fpr)
 from .oracle import ABSTAIN, BudgetedOracle, EnsembleOracle, LabelOracle, MPCOracle, SingleOwnerOracle
 from .recipes import Recipe, train_overfit
 from .repeated import RepeatedQueryAttack
@@ -35,8 +36,8 @@ from .splits import MembershipSplit, make_split, shadow_split
 __all__ = [
     "ABSTAIN", "AttackReport", "AuditResult", "AugmentationAttack", "BoundCheck", "BoundaryAttack",
     "BudgetedOracle", "EnsembleOracle", "Estimate", "GapAttack", "LabelOnlyAttack", "LabelOracle", "MPCOracle",
-    "MembershipSplit", "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "art_classifier", "auc",
-    "balanced_accuracy", "best_threshold", "calibrate_on_shadows", "check_dp_bound", "composed_epsilon",
-    "dp_tpr_bound", "empirical_epsilon", "evaluate", "make_split", "max_refutable_epsilon", "roc", "shadow_split",
-    "tpr_at_fpr", "train_overfit",
+    "MembershipSplit", "Recipe", "RepeatedQueryAttack", "SingleOwnerOracle", "TotalEpsilon", "art_classifier",
+    "auc", "balanced_accuracy", "best_threshold", "calibrate_on_shadows", "check_dp_bound", "client_total_epsilon",
+    "composed_epsilon", "dp_tpr_bound", "empirical_epsilon", "evaluate", "make_split", "max_refutable_epsilon",
+    "min_non_members", "roc", "shadow_split", "tpr_at_fpr", "train_overfit",
 ]

@@ -14,21 +14,30 @@ Metrics (all computed with scikit-learn):
 * TPR at a fixed low FPR (Carlini et al., "Membership Inference Attacks From
   First Principles", S&P 2022): the largest TPR over the points of
   ``sklearn.metrics.roc_curve`` whose FPR is at most the target (no
-  interpolation: a threshold the attacker can actually use);
+  interpolation: a threshold the attacker can actually use). It is NaN
+  (unmeasurable) when there are fewer than ``1 / fpr`` non-members
+  (:func:`min_non_members`): with 233 non-members the only FPR at or below
+  0.1% is 0, so "TPR at 0.1% FPR" would silently be "TPR at FPR 0";
 * a 95% interval for each, by a stratified bootstrap (members and
   non-members resampled separately, so every resample has both).
 
-The DP bound: if every answer the attacker receives about a record comes from
-an (epsilon, delta)-DP mechanism, composed over all its queries about that
-record, any test of "member or not" satisfies ``TPR <= e^eps * FPR + delta``
+The DP bound: if everything the attacker (a client) receives is
+(epsilon, delta)-DP with respect to each record, epsilon being the client's
+TOTAL over ALL its queries (one training record can change owner 0's vote on
+every query, so every query costs every record; see
+:func:`client_total_epsilon`), any test of "member or not" satisfies ``TPR <= e^eps * FPR + delta``
 and, symmetrically, ``1 - FPR <= e^eps * (1 - TPR) + delta`` (Kairouz et al.
 2015). Averaged over records drawn from one distribution and assigned to
 "member" or "non-member" at random, the same region bounds the measured ROC.
+Whether a measured ROC refutes a claimed epsilon, and the largest epsilon a
+sample of that size could refute at all, is the job of :mod:`.audit`
+(:func:`~.audit.empirical_epsilon`); :func:`check_dp_bound` is deprecated.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -67,11 +76,28 @@ def auc(is_member: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, s))
 
 
-def tpr_at_fpr(is_member: np.ndarray, scores: np.ndarray, fpr: float) -> float:
-    """The largest TPR among ROC points with FPR <= ``fpr`` (0 if none but the origin)."""
+def min_non_members(fpr: float) -> int:
+    """Non-members needed for "TPR at FPR <= ``fpr``" to be measurable: ``ceil(1 / fpr)`` (1 for fpr 0).
+
+    With fewer, no false positive at all fits under ``fpr`` and the value
+    would be the TPR at FPR 0 under another name. 1% needs 100, 0.1% needs 1000.
+    """
     if not 0 <= fpr <= 1:
         raise ValueError(f"fpr must be in [0, 1], got {fpr}")
-    f, t, _ = roc(is_member, scores)
+    return 1 if fpr == 0 else int(math.ceil(1 / fpr - 1e-9))
+
+
+def tpr_at_fpr(is_member: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """The largest TPR among ROC points with FPR <= ``fpr`` (0 if none but the origin).
+
+    NaN when there are fewer than :func:`min_non_members` non-members (not
+    measurable on this sample). ``fpr = 0`` is always measurable.
+    """
+    needed = min_non_members(fpr)
+    y, s = _check_inputs(is_member, scores)
+    if int((y == 0).sum()) < needed:
+        return math.nan
+    f, t, _ = roc(y, s)
     return float(t[f <= fpr + 1e-12].max())
 
 
@@ -98,7 +124,7 @@ def best_threshold(is_member: np.ndarray, scores: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap 95% interval."""
+    """A point estimate with its bootstrap 95% interval (all NaN when not measurable on the sample)."""
 
     value: float
     low: float
@@ -119,6 +145,9 @@ def bootstrap(
     resamples = check_int(resamples, name="resamples", minimum=1)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    point = float(metric(y, s))
+    if math.isnan(point):  # not measurable on this sample: neither on its stratified resamples
+        return Estimate(math.nan, math.nan, math.nan)
     rng = np.random.default_rng(seed)
     members, others = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     values = np.empty(resamples)
@@ -127,7 +156,7 @@ def bootstrap(
         values[i] = metric(y[pick], s[pick])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
-    return Estimate(float(metric(y, s)), float(low), float(high))
+    return Estimate(point, float(low), float(high))
 
 
 @dataclass(frozen=True)
@@ -196,7 +225,11 @@ def dp_tpr_bound(fpr: np.ndarray | float, *, epsilon: float, delta: float, symme
 
 
 def composed_epsilon(mechanism, queries: int, *, delta: float = 1e-5, accountant: str = "auto") -> tuple[float, float]:
-    """(epsilon, delta) of ``queries`` releases of ``mechanism`` about one record.
+    """(epsilon, delta) of ``queries`` releases of ``mechanism``.
+
+    Pass ALL the client's queries (:func:`client_total_epsilon` does the same
+    and names the accountant): the queries "about one record" are not a
+    guarantee, since every query may depend on every training record.
 
     Composed by :func:`pricure_crypten.privacy.accounting.make_accountant`
     (``"auto"``: PLD where finite, else basic composition). ``queries = 0``
@@ -213,17 +246,64 @@ def composed_epsilon(mechanism, queries: int, *, delta: float = 1e-5, accountant
     return float(spent[0]), float(spent[1])
 
 
+@dataclass(frozen=True)
+class TotalEpsilon:
+    """The client's TOTAL privacy loss over all its queries: (epsilon, delta) by a named accountant.
+
+    ``accountant`` is the bound actually used (``"pld"``, ``"basic"``,
+    ``"rdp"``, ...; for ``"auto"`` the one it selected).
+    """
+
+    epsilon: float
+    delta: float
+    accountant: str
+    queries: int
+
+
+_TOTALS: dict[tuple, TotalEpsilon] = {}
+
+
+def client_total_epsilon(mechanism, queries: int, *, delta: float = 1e-5, accountant: str = "auto") -> TotalEpsilon:
+    """(epsilon, delta) of ALL ``queries`` a client asked, each released by ``mechanism``.
+
+    This is the guarantee to state: one training record can change owner 0's
+    vote on any query, so every query a client asks costs every record, not
+    only the queries "about" it. ``queries = 0`` gives (0, 0); a mechanism
+    without noise gives epsilon ``inf`` (accountant ``"none"``). Results are
+    cached (composing 10^4+ Laplace releases with PLD takes seconds).
+    """
+    from ...privacy.accounting import make_accountant
+
+    queries = check_int(queries, name="queries", minimum=0)
+    if queries == 0:
+        return TotalEpsilon(0.0, 0.0, accountant, 0)
+    if math.isinf(mechanism.epsilon):
+        return TotalEpsilon(math.inf, 0.0, "none", queries)
+    key = (repr(mechanism), queries, float(delta), accountant)
+    if key not in _TOTALS:
+        acc = make_accountant(accountant).step(mechanism, queries)
+        eps, spent_delta = acc.spent(delta)
+        _TOTALS[key] = TotalEpsilon(float(eps), float(spent_delta), getattr(acc, "selected", None) or accountant,
+                                    queries)
+    return _TOTALS[key]
+
+
 def clopper_pearson(successes: int, trials: int, *, confidence: float) -> tuple[float, float]:
-    """Exact two-sided binomial interval for a proportion."""
-    alpha = 1 - confidence
-    low = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-    return low, high
+    """Exact two-sided binomial interval for a proportion (see :func:`.audit.clopper_pearson`)."""
+    from .audit import clopper_pearson as exact
+
+    return exact(successes, trials, confidence=confidence)
 
 
 @dataclass(frozen=True)
 class BoundCheck:
-    """The worst ROC point against the DP bound, with confidence taken into account.
+    """DEPRECATED (use :func:`.audit.empirical_epsilon`): the worst ROC point against the DP bound.
+
+    Its ``excess`` is almost always attained at the trivial corner (threshold
+    below every score: FPR = TPR = 1), where it is ``TPR_lo - 1``, a function
+    of the sample size only; it says nothing about the attack. ``violated``
+    remains a valid (Bonferroni) test, but it cannot refute any epsilon above
+    :func:`.audit.max_refutable_epsilon` for the sample.
 
     ``excess`` is the largest ``tpr_low - bound(fpr_high)`` over the checked
     thresholds, where ``tpr_low`` and ``fpr_high`` are Clopper-Pearson limits
@@ -252,12 +332,15 @@ def check_dp_bound(
     confidence: float = 0.95,
     max_thresholds: int = 20,
 ) -> BoundCheck:
-    """Whether the attack's ROC stays inside the (epsilon, delta) region, up to sampling error.
+    """DEPRECATED: use :func:`.audit.empirical_epsilon` (``epsilon_lower > epsilon`` means refuted).
 
-    Checks at most ``max_thresholds`` distinct score thresholds (evenly spread
+    Kept for notebook 03 until it migrates. Checks at most ``max_thresholds`` distinct score thresholds (evenly spread
     over the observed scores' quantiles), each with exact binomial limits at
     family-wise confidence ``confidence`` (Bonferroni).
     """
+    warnings.warn("check_dp_bound is deprecated: its 'excess' sits at the trivial corner (FPR = TPR = 1); use "
+                  "pricure_crypten.experiments.attacks.empirical_epsilon and max_refutable_epsilon",
+                  DeprecationWarning, stacklevel=2)
     y, s = _check_inputs(is_member, scores)
     max_thresholds = check_int(max_thresholds, name="max_thresholds", minimum=1)
     levels = np.unique(s)

@@ -170,3 +170,60 @@ def shadow_split(
     if max_members is not None:
         train_idx = train_idx[:check_int(max_members, name="max_members", minimum=1)]
     return np.sort(train_idx), np.sort(out_idx[:len(train_idx)])
+
+
+@dataclass(frozen=True)
+class ShadowShards:
+    """The attacker's shadow owners' shards, each of the TARGET owner's shard size (positions in its pool).
+
+    Attributes:
+        parts: one index array per shadow owner; ``parts[0]`` is shadow owner 0's
+            shard (the shadow members are drawn from it).
+        non_members: pool records no shadow owner trains on (the shadow non-members).
+    """
+
+    parts: tuple[np.ndarray, ...]
+    non_members: np.ndarray
+
+
+def shadow_shards(
+    attacker_labels: np.ndarray, *, shard_size: int, num_owners: int = 1, seed: int = 0
+) -> ShadowShards:
+    """Shadow owners trained on shards of the SAME size as the target owner's (an attack calibrated on
+    smaller shadows sees less overfit models than the one it attacks).
+
+    From the attacker's pool (positions in ``attacker_labels``), stratified by
+    label and seeded: ``shard_size`` shadow non-members; shadow owner 0's
+    shard, ``shard_size`` records disjoint from them; and, for an ensemble
+    (``num_owners > 1``), each other shadow owner's shard: ``shard_size``
+    records drawn without replacement from what is left. The pool is rarely
+    large enough for K disjoint shards of the target's size, so the OTHER
+    shadow owners may share records among themselves; never with shadow owner 0
+    or the non-members (so a shadow member is trained on by one shadow owner
+    only, as a target member is by one owner).
+
+    Raises:
+        ValueError: the pool has fewer than ``2 * shard_size`` records, or
+            (ensembles) fewer than ``3 * shard_size``.
+    """
+    y = np.asarray(attacker_labels).reshape(-1)
+    shard_size = check_int(shard_size, name="shard_size", minimum=1)
+    num_owners = check_int(num_owners, name="num_owners", minimum=1)
+    need = (2 if num_owners == 1 else 3) * shard_size
+    if len(y) < need:
+        raise ValueError(f"the attacker's pool has {len(y)} records; {num_owners} shadow owner(s) of the target's "
+                         f"shard size {shard_size} need {need} (raise attacker_fraction)")
+    rng = np.random.default_rng(seed)
+    order = _stratified_order(y, rng)
+    non_members, own, rest = order[:shard_size], order[shard_size:2 * shard_size], order[2 * shard_size:]
+    parts = [np.sort(own)] + [np.sort(rng.choice(rest, shard_size, replace=False)) for _ in range(num_owners - 1)]
+    return ShadowShards(tuple(parts), np.sort(non_members))
+
+
+def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of ``range(len(y))`` in which every prefix has (about) the pool's label mix."""
+    keys = np.empty(len(y))
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        keys[idx] = (np.arange(len(idx)) + rng.random()) / len(idx)  # evenly spread ranks per class
+    return np.argsort(keys, kind="stable")
