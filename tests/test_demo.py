@@ -45,8 +45,15 @@ def test_demo_with_noise_reports_the_privacy_spent():
     assert result["batches"] == 2 and result["reveals_per_batch"] == 1
     assert result["client_spent_epsilon"] <= 12 * 2.0 + 1e-9  # never above basic composition
     assert 0.0 <= result["private_accuracy"] <= 1.0
+    # the guarantee is the client's TOTAL over all its queries: basic composition is exactly 12 x 2
+    assert result["client_answered_queries"] == 12
+    totals = result["client_total_epsilon_by_accountant"]
+    assert set(totals) == {"basic", "rdp", "pld"} and totals["basic"] == pytest.approx(24.0)
+    assert 2.0 < totals["pld"] <= totals["basic"] and 2.0 < totals["rdp"] <= totals["basic"]
     table = format_table(result)
-    assert "private accuracy" in table and "spent epsilon" in table
+    assert "private accuracy" in table
+    assert "client's total epsilon after 12 queries (delta 1e-05" in table
+    assert f"TOTAL epsilon of {result['client_spent_epsilon']:.4g} at delta = 1e-05" in table
 
 
 @pytest.mark.mpc
