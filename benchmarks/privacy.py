@@ -15,7 +15,7 @@ What the privacy columns bound. ``epsilon``/``delta`` only NAME the noise
 at delta 1e-5); they are not a guarantee for anything a client can do. The
 guarantee stated is the client's TOTAL: ``client_total_epsilon`` at
 ``client_total_delta`` (1e-5) after the ``client_queries`` queries it asked
-in that run, by the PLD accountant (dp_accounting, add-or-remove-one
+in that run (empty without noise: no guarantee), by the PLD accountant (dp_accounting, add-or-remove-one
 neighbours), through :func:`benchmarks.utility.total_epsilon`. A deployment
 that lets a client ask more pays more (see the ``utility`` suite for
 accuracy at a fixed total).
@@ -71,10 +71,13 @@ CLIENT_DELTA = 1e-5  # the delta at which a client's total epsilon is stated
 ACCOUNTANT = "pld"
 
 
-def client_total(mechanism: Any, queries: int) -> float:
-    """The client's total epsilon after ``queries`` releases of ``mechanism`` (PLD, delta 1e-5; inf without noise)."""
+def client_total(mechanism: Any, queries: int) -> float | None:
+    """The client's total epsilon after ``queries`` releases of ``mechanism`` (PLD, delta 1e-5).
+
+    None without noise (epsilon = inf: no guarantee at all; an empty CSV cell).
+    """
     if mechanism.deterministic:
-        return math.inf
+        return None
     return total_epsilon(mechanism, queries=queries, delta=CLIENT_DELTA, accountant=ACCOUNTANT)
 
 
@@ -169,7 +172,7 @@ def dataset_rows(setup: Setup, grid: Grid, *, seed: int, batch_size: int) -> Ite
             "queries": len(setup.truth), "aggregation": agg, "mechanism": mech, "epsilon": eps,
             "delta": calibrated.delta, "noise_scale": calibrated.scale,
             "client_queries": len(setup.truth), "client_total_epsilon": client_total(calibrated, len(setup.truth)),
-            "client_total_delta": CLIENT_DELTA, "accountant": ACCOUNTANT,
+            "client_total_delta": CLIENT_DELTA,
             "private_accuracy": None if labels is None else float(np.mean(labels == setup.truth)),
             "reference_noisy_accuracy": _reference_accuracy(setup, agg, mech, eps,
                                                             1 if math.isinf(eps) else REFERENCE_DRAWS, seed),
@@ -217,7 +220,8 @@ def smallest_epsilon_within(rows: Sequence[dict[str, Any]], tolerance: float = T
         found.append({"dataset": dataset, "aggregation": agg, "mechanism": mech,
                       "epsilon": best and best["epsilon"],
                       "client_queries": group[0].get("client_queries"),
-                      "client_total_epsilon": best and best.get("client_total_epsilon"),
+                      "client_total_epsilon": best and (math.inf if math.isinf(best["epsilon"])
+                                                        else best.get("client_total_epsilon")),
                       "client_total_delta": group[0].get("client_total_delta"),
                       "private_accuracy": best and best["private_accuracy"],
                       "plaintext_ensemble_accuracy": group[0]["plaintext_ensemble_accuracy"],
