@@ -142,7 +142,7 @@ def privacy_plot(rows: Rows, dataset: str, path: Path) -> str:
             ax.axhline(group[0]["best_single_owner_accuracy"], color="tab:orange", linestyle=":",
                        label="best single owner")
             _log_x_at(ax, [*finite, inf_at], [*(f"{e:g}" for e in finite), "∞"])
-            ax.set(xlabel="ε per query", ylabel="test accuracy", title=f"{dataset}: {agg}, {mech}")
+            ax.set(xlabel="ε per query (calibration unit, not the client's total)", ylabel="test accuracy", title=f"{dataset}: {agg}, {mech}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize="small")
     return _save(fig, path)
