@@ -45,22 +45,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 from ..._validation import check_int
+from .audit import _check_labels_scores as _check_inputs  # one validation of (is_member, scores)
+from .audit import clopper_pearson  # noqa: F401  (the exact interval, used below and re-exported)
 
 LOW_FPRS = (0.01, 0.001)
 
 
-def _check_inputs(is_member: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(is_member)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.ndim != 1 or s.shape != y.shape:
-        raise ValueError(f"is_member {y.shape} and scores {s.shape} must be 1-D of the same length")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("is_member must hold only 0 (non-member) and 1 (member)")
-    if y.min(initial=1) == 1 or y.max(initial=0) == 0:
-        raise ValueError("is_member needs at least one member and one non-member")
-    if not np.isfinite(s).all():
-        raise ValueError("scores must be finite")
-    return y.astype(np.int64), s
 
 
 def roc(is_member: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,13 +275,6 @@ def client_total_epsilon(mechanism, queries: int, *, delta: float = 1e-5, accoun
         _TOTALS[key] = TotalEpsilon(float(eps), float(spent_delta), getattr(acc, "selected", None) or accountant,
                                     queries)
     return _TOTALS[key]
-
-
-def clopper_pearson(successes: int, trials: int, *, confidence: float) -> tuple[float, float]:
-    """Exact two-sided binomial interval for a proportion (see :func:`.audit.clopper_pearson`)."""
-    from .audit import clopper_pearson as exact
-
-    return exact(successes, trials, confidence=confidence)
 
 
 @dataclass(frozen=True)
