@@ -81,3 +81,17 @@ def plain_forward(specs, x):
         else:
             raise AssertionError(f"unexpected kind {spec.kind}")
     return x
+
+
+def tls_closed(sock) -> bool:
+    """Whether the server has closed this TLS client socket (a non-blocking peek: EOF or a reset)."""
+    import socket
+    import ssl
+
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except (socket.timeout, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True

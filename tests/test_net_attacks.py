@@ -31,6 +31,7 @@ import pytest
 from pricure_crypten.parties.net.remote import upload_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 from tests.test_deployment import CLASSES, FEATURES, Deployment, _owners, _queries
+from tests.helpers import tls_closed
 
 pytestmark = pytest.mark.mpc
 
@@ -253,16 +254,6 @@ def _tls_socket(d: Deployment, rank: int) -> ssl.SSLSocket:
     return d.tls().wrap_socket(raw, server_hostname=host)
 
 
-def _closed(sock: ssl.SSLSocket) -> bool:
-    sock.settimeout(0.05)
-    try:
-        return sock.recv(1) == b""
-    except (socket.timeout, ssl.SSLWantReadError):
-        return False
-    except OSError:
-        return True
-
-
 def test_slow_and_greedy_connections_are_cut_and_others_are_served(deployment):
     """Issue 18: 40 of 40 TLS connections with an unfinished header were still open after a minute.
 
@@ -274,9 +265,9 @@ def test_slow_and_greedy_connections_are_cut_and_others_are_served(deployment):
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
     started = time.monotonic()
     _alice_answers(deployment)
-    while time.monotonic() - started < HEADER_TIMEOUT + 3 and not all(_closed(s) for s in slow):
+    while time.monotonic() - started < HEADER_TIMEOUT + 3 and not all(tls_closed(s) for s in slow):
         time.sleep(0.2)
-    closed = sum(_closed(s) for s in slow)
+    closed = sum(tls_closed(s) for s in slow)
     print(f"slow headers: {closed}/40 connections closed by the server within {time.monotonic() - started:.1f} s")
     assert closed == 40
     for sock in slow:

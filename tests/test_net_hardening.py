@@ -35,6 +35,7 @@ from pricure_crypten.mpc import layers as mpc_layers
 from pricure_crypten.mpc.layers import LayerSpec, Square, specs_output_shape
 from pricure_crypten.parties.net import wire
 from pricure_crypten.parties.net.wire import WireError, bundle_from_bytes, bundle_to_bytes, decode_array
+from tests.helpers import tls_closed
 
 FEATURES, CLASSES = 6, 3
 
@@ -412,21 +413,12 @@ def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_pa
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
         return sock
 
-    def closed(sock: ssl.SSLSocket) -> bool:
-        sock.settimeout(0.05)
-        try:
-            return sock.recv(1) == b""
-        except (socket.timeout, ssl.SSLWantReadError):
-            return False
-        except OSError:
-            return True
-
     try:
         socks = [connect() for _ in range(12)]
         time.sleep(0.5)
-        assert sum(closed(s) for s in socks) == 4 and node.open_connections() == 8
+        assert sum(tls_closed(s) for s in socks) == 4 and node.open_connections() == 8
         deadline = time.monotonic() + 10
-        while not all(closed(s) for s in socks):
+        while not all(tls_closed(s) for s in socks):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert node.open_connections() == 0
