@@ -31,11 +31,11 @@ CI_PARAMETERS = {
                                      EPSILONS=[0.5, 2.0], ALLOW_DOWNLOAD=False),
     "03-membership-inference.ipynb": dict(OWNERS=3, EPOCHS=20, MAX_MEMBERS=40, EPSILONS=[1.0], AUG_N=4,
                                           REPEATS=[1, 3], RESAMPLES=50, MPC_RECORDS=4, MPC_DRAWS=2),
-    "04-honest-story.ipynb": dict(OWNERS=5, EPOCHS=5, TOTALS=[1.0, 10.0], NOISE_SEEDS=2, OVERFIT_EPOCHS=30,
+    "05-honest-story.ipynb": dict(OWNERS=5, EPOCHS=5, TOTALS=[1.0, 10.0], NOISE_SEEDS=2, OVERFIT_EPOCHS=30,
                                   MAX_MEMBERS=30, RESAMPLES=50),
 }
 EXPECTED = ["01-collaboration.ipynb", "02-privacy-utility.ipynb", "03-membership-inference.ipynb",
-            "04-honest-story.ipynb"]
+            "05-honest-story.ipynb"]
 
 
 def inject(nb, parameters: dict) -> None:
