@@ -161,3 +161,52 @@ def test_readme_walkthrough(tmp_path):
             pass
         if script.poll() is None:
             script.wait(timeout=10)
+
+
+def test_the_front_door_bounds_the_tls_handshake(tmp_path):
+    """Issue 18: a peer that connects and never sends its TLS ClientHello was held for asyncio's 60 s.
+
+    A front door alone (the real app and server, a stand-in node) with a 2 s
+    header timeout, which also bounds the handshake: 6 raw TCP connections
+    that send nothing are closed by the server within 2-12 s (the upper end
+    leaves room for a loaded machine, far below 60 s), and a real client is
+    answered meanwhile. Fails with uvicorn's plain ``Server`` (held 60 s).
+    """
+    import socket
+    import ssl
+    import types
+
+    import httpx
+
+    from pricure_crypten.parties.net.app import start_front_door
+    from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
+
+    make_ca(tmp_path / "ca")
+    make_server_cert(tmp_path / "ca", "127.0.0.1", tmp_path / "s")
+    config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
+                                   host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
+                                   max_connections=8, header_timeout=2.0, body_timeout=10.0)
+    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
+                                 credentials=types.SimpleNamespace(lookup=lambda token: None))
+    front = start_front_door(node)
+    socks = []
+    try:
+        start = time.monotonic()
+        socks = [socket.create_connection(("127.0.0.1", config.port), timeout=30) for _ in range(6)]
+        tls = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+        answer = httpx.get(f"https://127.0.0.1:{config.port}/v1/health", verify=tls, timeout=10)
+        assert answer.json() == {"alive": True, "details": False}
+        closed = []
+        for sock in socks:
+            try:
+                data = sock.recv(1)  # b"": the server closed it; a reset is a close too
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+            closed.append(time.monotonic() - start)
+        print(f"\nhandshake bound 2 s: silent connections closed after {min(closed):.1f}-{max(closed):.1f} s")
+        assert 1.5 < min(closed) and max(closed) < 12.0, closed
+    finally:
+        for sock in socks:
+            sock.close()
+        front.stop()

@@ -170,7 +170,10 @@ class RemoteEnsemble:
 
     def submit(self, queries: Any, request_id: Optional[str] = None) -> str:
         """Share the batch and send share i to server i; returns the request id."""
-        health = self._servers.call(0, "GET", "/v1/health").json()
+        response = self._servers.call(0, "GET", "/v1/health")
+        if response.status_code != 200:
+            raise RemoteError(f"server 0 refused this client (HTTP {response.status_code}): {_detail(response)}")
+        health = response.json()
         if not health.get("input_shape"):
             raise RemoteError("server 0 holds no owner model yet")
         batch = Client.check_queries(queries, tuple(health["input_shape"]))
