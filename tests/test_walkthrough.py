@@ -210,3 +210,25 @@ def test_the_front_door_bounds_the_tls_handshake(tmp_path):
         for sock in socks:
             sock.close()
         front.stop()
+
+
+def test_admin_revoke_removes_only_that_identity_and_refuses_an_unknown_one(tmp_path):
+    """``pricure admin revoke``: the identity's hash goes from every data dir, the others stay, the file is read
+    back as a server would (CredentialTable); an identity registered nowhere is an error, nothing written."""
+    from pricure_crypten.parties.net.credentials import CredentialTable, add_credential, read_token, revoke_credential
+
+    dirs = [tmp_path / "d0", tmp_path / "d1"]
+    for role, name in (("client", "alice"), ("client", "bob"), ("owner", "alice")):
+        add_credential(role=role, identity=name, token_file=tmp_path / f"{role}-{name}.token", data_dirs=dirs)
+    tokens = {(r, n): read_token(tmp_path / f"{r}-{n}.token") for r, n in
+              (("client", "alice"), ("client", "bob"), ("owner", "alice"))}
+    assert revoke_credential(identity="alice", role="client", data_dirs=dirs) == 2
+    for d in dirs:
+        table = CredentialTable(d)
+        assert table.lookup(tokens[("client", "alice")]) is None
+        assert table.lookup(tokens[("client", "bob")]) == ("client", "bob")
+        assert table.lookup(tokens[("owner", "alice")]) == ("owner", "alice")
+    before = [(d / "credentials.json").read_bytes() for d in dirs]
+    with pytest.raises(ValueError, match="client alice has no credential"):
+        revoke_credential(identity="alice", role="client", data_dirs=dirs)
+    assert [(d / "credentials.json").read_bytes() for d in dirs] == before
