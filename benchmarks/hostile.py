@@ -348,7 +348,8 @@ def run(d: ProcessDeployment, owners: list[ModelOwner], bob: Honest, quick: bool
     begin = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     recovery = bob.answered_after(begin)
-    row("SIGKILL of server 1's party", "-", begin, begin + recovery, recovery, "-")
+    row("SIGKILL of server 1's party (what the OOM killer sends)", "no attacker: a fault; its supervisor logs the "
+        "signal and restarts the party", begin, begin + recovery, recovery, "-")
     return rows
 
 
