@@ -30,8 +30,9 @@ Tokens are never logged (uvicorn's access log is off; only hashes are stored).
 
 Slow or greedy connections: a connection must finish its TLS handshake
 within ``header_timeout`` seconds (asyncio's default is 60 s), then send a
-request's headers within ``header_timeout`` (again after each response), its body within ``body_timeout``; idle kept-alive
-connections close after ``keep_alive``; beyond ``max_connections`` open
+request's headers within ``header_timeout`` (again after each response),
+its body within ``body_timeout``; idle kept-alive connections close after
+``keep_alive``; beyond ``max_connections`` open
 connections new ones are closed at once (uvicorn answers 503 beyond as many
 requests in flight). A client has at most ``max_client_requests`` pending
 requests and ``max_client_rows`` pending rows per server (HTTP 429 beyond).
