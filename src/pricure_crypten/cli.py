@@ -209,7 +209,8 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--max-connections", type=_at_least(1, "--max-connections"), default=128,
                             help="open connections to the front door")
         parser.add_argument("--header-timeout", type=_seconds("--header-timeout"), default=10.0,
-                            help="seconds a connection has to send a request's headers")
+                            help="seconds a connection has to finish its TLS handshake, and then to send a "
+                                 "request's headers")
         parser.add_argument("--log-retention-days", type=_seconds("--log-retention-days"), default=30.0,
                             help="days a finished request id is kept (replays refused)")
         args = parser.parse_args(argv)
