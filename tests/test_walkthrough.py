@@ -38,8 +38,6 @@ import pytest
 
 from pricure_crypten.experiments.deployment import free_port
 
-pytestmark = pytest.mark.mpc
-
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- walkthrough(?::\s*(?P<file>[\w.-]+))? -->\n```(?P<lang>bash|python)\n(?P<code>.*?)```",
                    re.S)
@@ -97,6 +95,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.mpc
 def test_readme_walkthrough(tmp_path):
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
     work = tmp_path / "walkthrough"
