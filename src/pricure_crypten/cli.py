@@ -209,7 +209,8 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--max-connections", type=_at_least(1, "--max-connections"), default=128,
                             help="open connections to the front door")
         parser.add_argument("--header-timeout", type=_seconds("--header-timeout"), default=10.0,
-                            help="seconds a connection has to send a request's headers")
+                            help="seconds a connection has to finish its TLS handshake, and then to send a "
+                                 "request's headers")
         parser.add_argument("--log-retention-days", type=_seconds("--log-retention-days"), default=30.0,
                             help="days a finished request id is kept (replays refused)")
         args = parser.parse_args(argv)
@@ -257,6 +258,10 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         p.add_argument("--token-file", type=Path, required=True,
                        help="written (0600) if missing, else its token is registered")
         p.add_argument("--data-dir", type=Path, action="append", required=True)
+        p = sub.add_parser("revoke", help="remove an identity's token from servers' data dirs (refused at once)")
+        p.add_argument("--id", required=True, help="the identity to revoke")
+        p.add_argument("--role", choices=["client", "owner"], default=None, help="only this role's token")
+        p.add_argument("--data-dir", type=Path, action="append", required=True)
         args = parser.parse_args(argv)
         from .parties.net import credentials
 
@@ -266,6 +271,10 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         elif args.action == "cert":
             pem, key = credentials.make_server_cert(args.ca, args.host, args.out)
             print(f"server certificate {pem} and key {key} for {args.host}")
+        elif args.action == "revoke":
+            removed = credentials.revoke_credential(identity=args.id, role=args.role, data_dirs=args.data_dir)
+            print(f"{args.id}: {removed} credential entr{'y' if removed == 1 else 'ies'} removed from "
+                  f"{len(args.data_dir)} data dir(s); its token is refused from the next request on")
         else:
             created = credentials.add_credential(role=args.role, identity=args.id, token_file=args.token_file,
                                                  data_dirs=args.data_dir)
@@ -282,6 +291,9 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         p.add_argument("model", type=Path, help="a torch.save()d nn.Sequential (your own file)")
         p.add_argument("--input-shape", required=True, help="shape of one example, e.g. 30 or 1,28,28")
         p.add_argument("--classes", type=_at_least(2, "--classes"), required=True)
+        p.add_argument("--wait", type=_seconds("--wait"), default=0.0,
+                       help="seconds to wait for the servers to start and then to serve the upload (default: 0, "
+                            "return once stored)")
         sub.add_parser("withdraw", parents=[common], help="remove your model from every server")
         args = parser.parse_args(argv)
         from .parties.net.remote import upload_model, withdraw_model
@@ -297,8 +309,9 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         shape = tuple(int(s) for s in args.input_shape.split(","))
         model = torch.load(args.model, weights_only=False)
         owner = ModelOwner(name="owner", model=model, input_shape=shape, num_classes=args.classes)
-        upload_id = upload_model(owner, servers=args.servers, credential=args.token_file, ca=args.ca)
-        print(f"uploaded to {len(args.servers)} servers (upload id {upload_id})")
+        upload_id = upload_model(owner, servers=args.servers, credential=args.token_file, ca=args.ca, wait=args.wait)
+        served = "; served by every server" if args.wait > 0 else ""
+        print(f"uploaded to {len(args.servers)} servers (upload id {upload_id}){served}")
         return 0
     # query
     parser.add_argument("--servers", type=_server_list, required=True)

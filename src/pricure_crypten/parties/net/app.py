@@ -2,8 +2,9 @@
 
 Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
 
-* ``GET /v1/health``: liveness (rank, MPC state) for anyone; with a valid
-  credential also the owners loaded or quarantined, the input shape, settings and traffic.
+* ``GET /v1/health``: liveness (rank, MPC state) for anyone without a token
+  (an invalid or revoked token: 401); with a valid credential also the
+  owners loaded or quarantined, the input shape, settings and traffic.
 * ``PUT /v1/model`` (owner): body = the owner's share bundle (``.npz``,
   ``application/octet-stream``), header ``X-Upload-Id``. The owner is the
   credential's identity, so nobody can write another owner's model. The
@@ -27,10 +28,11 @@ Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
 
 Tokens are never logged (uvicorn's access log is off; only hashes are stored).
 
-Slow or greedy connections: a connection must send a request's headers
-within ``header_timeout`` seconds (after the TLS handshake, and again after
-each response), its body within ``body_timeout``; idle kept-alive
-connections close after ``keep_alive``; beyond ``max_connections`` open
+Slow or greedy connections: a connection must finish its TLS handshake
+within ``header_timeout`` seconds (asyncio's default is 60 s), then send a
+request's headers within ``header_timeout`` (again after each response),
+its body within ``body_timeout``; idle kept-alive connections close after
+``keep_alive``; beyond ``max_connections`` open
 connections new ones are closed at once (uvicorn answers 503 beyond as many
 requests in flight). A client has at most ``max_client_requests`` pending
 requests and ``max_client_rows`` pending rows per server (HTTP 429 beyond).
@@ -111,7 +113,11 @@ def build_app(node: Any) -> Any:
 
     @app.get("/v1/health")
     def health(request: Request) -> dict:
-        return node.public_info(details=credential(request) is not None)
+        found = credential(request)
+        if found is None and request.headers.get("authorization"):  # a token was sent: it must be valid
+            raise _http(401, "unknown or revoked credential (use the bearer token from 'pricure admin add'); "
+                             "without a token /v1/health shows liveness only")
+        return node.public_info(details=found is not None)
 
     @app.put("/v1/model")
     async def put_model(request: Request) -> dict:
@@ -209,8 +215,8 @@ def guarded_protocol(*, header_timeout: float, max_connections: int) -> type:
 
     uvicorn has neither: a connection that never finishes its headers stays
     open forever. Here the deadline is armed when the connection is made
-    (after the TLS handshake, which asyncio bounds at 60 s) and after every
-    response; a connection that has not started a new request by then is
+    (after the TLS handshake, bounded by :func:`handshake_bounded_server`)
+    and after every response; a connection that has not started a new request by then is
     closed. Connections beyond ``max_connections`` are closed at once.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -245,18 +251,58 @@ def guarded_protocol(*, header_timeout: float, max_connections: int) -> type:
     return GuardedH11Protocol
 
 
+def handshake_bounded_server(handshake_timeout: float) -> type:
+    """``uvicorn.Server`` whose TLS listener bounds each handshake at ``handshake_timeout`` seconds.
+
+    uvicorn leaves asyncio's default (60 s): a peer that connects and never
+    finishes the handshake holds a socket that long, and it is not counted
+    against ``max_connections`` (the protocol sees a connection only after
+    its handshake). ``loop.create_server`` is wrapped only while this server
+    starts, on its own (asyncio) loop.
+    """
+    import asyncio
+
+    import uvicorn
+
+    class HandshakeBoundedServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            loop = asyncio.get_running_loop()
+            create_server = loop.create_server
+
+            async def bounded(*args: Any, **kwargs: Any) -> Any:
+                if kwargs.get("ssl") is not None:
+                    kwargs["ssl_handshake_timeout"] = handshake_timeout
+                return await create_server(*args, **kwargs)
+
+            loop.create_server = bounded  # type: ignore[method-assign]
+            try:
+                await super().startup(sockets=sockets)
+            finally:
+                del loop.create_server
+
+    return HandshakeBoundedServer
+
+
 def start_front_door(node: Any) -> FrontDoor:
-    """uvicorn in a daemon thread; returns once it listens (raises if it cannot bind)."""
+    """uvicorn in a daemon thread; returns once it listens (raises if it cannot bind).
+
+    The TLS handshake is bounded by ``config.handshake_timeout`` if the
+    config has one, else by ``header_timeout`` (``--header-timeout``, 10 s):
+    a connection gets that long for its handshake, then that long again for
+    its first request's headers.
+    """
     import uvicorn
 
     c = node.config
+    handshake_timeout = float(getattr(c, "handshake_timeout", c.header_timeout))
     tls = {"ssl_certfile": str(c.certfile), "ssl_keyfile": str(c.keyfile)} if c.certfile else {}
     config = uvicorn.Config(build_app(node), host=c.host, port=c.port, log_level="warning", access_log=False,
+                            loop="asyncio",  # not uvloop: its loop cannot take the handshake bound above
                             timeout_graceful_shutdown=1, timeout_keep_alive=c.keep_alive,
                             limit_concurrency=c.max_connections + 1,  # our cap closes connections beyond it first
                             http=guarded_protocol(header_timeout=c.header_timeout,
                                                   max_connections=c.max_connections), **tls)
-    server = uvicorn.Server(config)
+    server = handshake_bounded_server(handshake_timeout)(config)
     node.open_connections = lambda: len(server.server_state.connections)  # for health details
     thread = threading.Thread(target=server.run, name="pricure-front-door", daemon=True)
     thread.start()

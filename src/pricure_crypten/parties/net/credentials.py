@@ -75,6 +75,33 @@ def add_credential(*, role: str, identity: str, token_file: Path, data_dirs: lis
     return created
 
 
+def revoke_credential(*, identity: str, data_dirs: list[Path], role: Optional[str] = None) -> int:
+    """Remove every token of ``identity`` (of ``role``, if given) from every data dir; how many entries went.
+
+    A running server re-reads ``credentials.json`` when it changes, so the
+    revoked token is refused (HTTP 401) from its next request on. An identity
+    found in none of the data dirs is an error (``ValueError``), before
+    anything is written; the token file itself is left alone (delete it).
+    """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    tables, removed = [], 0
+    for data_dir in data_dirs:  # read every data dir before writing anything
+        path = Path(data_dir) / CREDENTIALS_FILE
+        table = json.loads(path.read_text()) if path.exists() else {}
+        kept = {h: v for h, v in table.items()
+                if not (v["identity"] == identity and (role is None or v["role"] == role))}
+        removed += len(table) - len(kept)
+        tables.append((path, kept, len(kept) != len(table)))
+    if removed == 0:
+        who = f"{role} {identity}" if role else identity
+        raise ValueError(f"{who} has no credential in {', '.join(str(d) for d in data_dirs)}")
+    for path, kept, changed in tables:
+        if changed:
+            _write_private(path, json.dumps(kept, indent=1, sort_keys=True).encode())
+    return removed
+
+
 def read_token(token_file: Path) -> str:
     token = Path(token_file).read_text().strip()
     if not token:

@@ -170,7 +170,10 @@ class RemoteEnsemble:
 
     def submit(self, queries: Any, request_id: Optional[str] = None) -> str:
         """Share the batch and send share i to server i; returns the request id."""
-        health = self._servers.call(0, "GET", "/v1/health").json()
+        response = self._servers.call(0, "GET", "/v1/health")
+        if response.status_code != 200:
+            raise RemoteError(f"server 0 refused this client (HTTP {response.status_code}): {_detail(response)}")
+        health = response.json()
         if not health.get("input_shape"):
             raise RemoteError("server 0 holds no owner model yet")
         batch = Client.check_queries(queries, tuple(health["input_shape"]))
@@ -275,10 +278,19 @@ class RemoteEnsemble:
 
 
 def upload_model(owner: Any, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
-                 timeout: float = 60.0) -> str:
-    """Share an owner's model and upload bundle i to server i (replacing its previous upload); the upload id."""
+                 timeout: float = 60.0, wait: float = 0.0) -> str:
+    """Share an owner's model and upload bundle i to server i (replacing its previous upload); the upload id.
+
+    With ``wait`` > 0 (seconds), first wait for every front door to answer
+    (servers still starting), and afterwards until every server serves this
+    upload (status ``loaded``): a quarantined upload (with the server's
+    reason) or a deadline passed is a :class:`RemoteError`.
+    """
     connection = _Servers(servers, credential, ca, connect_timeout=timeout)
     try:
+        deadline = time.monotonic() + wait
+        if wait > 0:
+            _wait_reachable(connection, deadline, wait)
         upload_id = secrets.token_hex(16)
         bundles = owner.share(num_servers=len(connection.urls))
         for i, bundle in enumerate(bundles):
@@ -287,9 +299,41 @@ def upload_model(owner: Any, *, servers: Sequence[str], credential: Union[str, P
                                        headers={"X-Upload-Id": upload_id, "Content-Type": "application/octet-stream"})
             if response.status_code != 200:
                 raise RemoteError(f"server {i} refused the upload (HTTP {response.status_code}): {_detail(response)}")
+        if wait > 0:
+            _wait_loaded(connection, upload_id, deadline, wait)
         return upload_id
     finally:
         connection.close()
+
+
+def _wait_reachable(connection: _Servers, deadline: float, wait: float) -> None:
+    for i in range(len(connection.urls)):
+        while True:
+            try:
+                connection.call(i, "GET", "/v1/health")
+                break
+            except RemoteError as error:
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"{error} (waited {wait:g} s for it to start)") from None
+                time.sleep(0.5)
+
+
+def _wait_loaded(connection: _Servers, upload_id: str, deadline: float, wait: float) -> None:
+    while True:
+        states = []
+        for i in range(len(connection.urls)):
+            response = connection.call(i, "GET", "/v1/model")
+            body = response.json() if response.status_code == 200 else {"status": f"HTTP {response.status_code}"}
+            if body.get("status") == "quarantined" and body.get("upload_id") == upload_id:
+                raise RemoteError(f"server {i} quarantined upload {upload_id} (it is not served): "
+                                  f"{body.get('reason')}")
+            states.append(body.get("status") if body.get("upload_id", upload_id) == upload_id else "replaced")
+        if all(state == "loaded" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RemoteError(f"upload {upload_id} is stored but not served by every server within {wait:g} s: "
+                              + ", ".join(f"server {i}: {state}" for i, state in enumerate(states)))
+        time.sleep(0.2)
 
 
 def withdraw_model(*, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None]) -> None:
