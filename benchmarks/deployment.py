@@ -77,7 +77,7 @@ def main() -> None:
             with d.remote(f"client{c}", timeout=300) as remote:
                 for chunk in chunks[c::args.clients]:
                     try:
-                        labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop])
+                        labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop]).labels
                     except Exception as error:  # noqa: BLE001
                         errors.append(str(error))
 

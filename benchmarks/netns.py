@@ -343,7 +343,7 @@ def _phase(d: NetnsDeployment, x: Any, chunks: list[range], clients: int) -> dic
         with d.remote(f"client{c}") as remote:
             for chunk in chunks[c::clients]:
                 try:
-                    labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop])
+                    labels[chunk.start:chunk.stop] = remote.predict(x[chunk.start:chunk.stop]).labels
                 except Exception as error:  # noqa: BLE001
                     errors.append(str(error))
 

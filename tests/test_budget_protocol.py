@@ -50,7 +50,7 @@ def test_budget_is_charged_before_release_refused_before_mpc_and_not_charged_on_
 
         requests = []
         real = ensemble.cluster.request
-        ensemble.cluster.request = lambda op, p: requests.append(op) or real(op, p)
+        ensemble.cluster.request = lambda messages: requests.append(messages[0].op) or real(messages)
         with pytest.raises(BudgetExceededError, match="alice"):
             ensemble.predict(torch.zeros(4, 2), client=client)  # 2 + 4 > 5
         assert requests == [] and client.reveals == 1

@@ -236,7 +236,7 @@ def test_round_trip_equals_the_in_process_path(plain, owners):
 
     x = _queries(24)
     with plain.remote("alice") as remote:
-        networked = remote.predict(x)
+        networked = remote.predict(x).labels
     with PrivateEnsemble(owners, aggregation=Aggregation(noise=calibrate(epsilon=float("inf")))) as ensemble:
         in_process = ensemble.predict(torch.tensor(x, dtype=torch.float32)).labels
     assert networked.tolist() == in_process.tolist()
@@ -324,7 +324,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_running(plain, owners
         assert owner2.put("/v1/model", content=data).status_code == 400  # no upload id
     assert plain.health(0)["mpc"] == "ready" and len(plain.health(0)["owners_loaded"]) == 3
     with plain.remote("carol") as carol:  # still answers
-        assert carol.predict(_queries(3)).shape == (3,)
+        assert carol.predict(_queries(3)).labels.shape == (3,)
 
 
 def test_a_request_missing_on_one_server_is_dropped_everywhere(plain):
@@ -344,7 +344,7 @@ def test_a_request_missing_on_one_server_is_dropped_everywhere(plain):
 
 def test_a_refusal_by_one_servers_ledger_stops_the_request_for_all(noisy):
     with noisy.remote("bob") as bob:
-        assert bob.predict(_queries(150)).shape == (150,)  # 150 of server 2's 250
+        assert bob.predict(_queries(150)).labels.shape == (150,)  # 150 of server 2's 250
         with pytest.raises(RemoteError, match="over budget on server 2"):
             bob.predict(_queries(150))
     for rank in range(3):
@@ -369,7 +369,7 @@ def test_a_killed_server_fails_the_request_cleanly_and_recovers_from_disk(noisy)
     noisy.wait_ready(owners=3)
     assert noisy.status(1, "alice").reserved_queries == 0
     with noisy.remote("alice") as alice:
-        assert alice.predict(_queries(4)).shape == (4,)
+        assert alice.predict(_queries(4)).labels.shape == (4,)
     print(f"server 1 restarted with pricure serve: answering again {time.monotonic() - restarted:.1f} s later")
 
 
@@ -396,7 +396,7 @@ def test_a_killed_dealer_fails_the_request_cleanly_and_a_restarted_one_serves_ag
                 carol.predict(_queries(3))
             time.sleep(1.0)
             noisy.wait_ready(owners=3)
-        assert carol.predict(_queries(3)).shape == (3,)
+        assert carol.predict(_queries(3)).labels.shape == (3,)
     print(f"dealer restarted with pricure dealer: answering again {time.monotonic() - restarted:.1f} s later")
 
 

@@ -22,6 +22,7 @@ from pricure_crypten import (ABSTAIN, NOT_SENT, Aggregation, Batching, Client, C
                              PrivateEnsemble, calibrate)
 from pricure_crypten.config import Batching as BatchingConfig
 from pricure_crypten.parties.batching import RequestScheduler
+from pricure_crypten.parties.serving.messages import BatchReply
 from pricure_crypten.privacy.accounting import PrivacyLedger
 from pricure_crypten.privacy.accounting.errors import BudgetExceededError
 
@@ -328,11 +329,10 @@ def test_scheduler_never_packs_an_outcome_request_with_other_rows():
         gate.wait(5)
         rows = shares[0].shape[0]
         calls.append((rows, outcome_rows))
-        reply = {"label_share": np.zeros((rows, 2), dtype=np.int64), "rounds": 1, "bytes": 0, "seconds": 0.0,
-                 "decodes": 0}
-        if outcome_rows:
-            reply.update(outcome=np.ones(outcome_rows, dtype=np.int64), outcome_reveals=1)
-        return [reply, dict(reply)]
+        outcome = np.ones(outcome_rows, dtype=np.int64) if outcome_rows else None
+        reply = BatchReply(label_share=np.zeros((rows, 2), dtype=np.int64), rounds=1, bytes=0, seconds=0.0,
+                           decodes=0, outcome=outcome, outcome_reveals=1 if outcome_rows else 0)
+        return [reply, reply]
 
     scheduler = RequestScheduler(run_batch, BatchingConfig(max_rows=16, window=0.05), 2)
     share = lambda rows: [np.zeros((rows, 2), dtype=np.int64)] * 2  # noqa: E731
@@ -346,7 +346,8 @@ def test_scheduler_never_packs_an_outcome_request_with_other_rows():
         scheduler.close()
     assert calls == [(2, 0), (3, 3), (5, 0)]  # the outcome request ran alone; the others were packed
     np.testing.assert_array_equal(results[1].outcomes, [1, 1, 1])
-    assert results[1].outcome_reveals == 1 and results[0].outcomes is None and results[2].outcome_reveals == 0
+    assert [c.outcome_reveals for c in results[1].costs] == [1, 1] and results[0].outcomes is None
+    assert [c.outcome_reveals for c in results[2].costs] == [0, 0]
 
 
 @pytest.mark.mpc

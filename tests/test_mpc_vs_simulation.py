@@ -33,7 +33,7 @@ import pytest
 import torch
 from torch import nn
 
-from pricure_crypten import Cluster, ExperimentOptions, ModelOwner, NoNoise, PrivateEnsemble, calibrate
+from pricure_crypten import Aggregation, Cluster, ExperimentOptions, ModelOwner, NoNoise, PrivateEnsemble, calibrate
 from pricure_crypten.experiments import conformance
 from pricure_crypten.experiments.conformance import (
     SeededSimulationOps,
@@ -49,6 +49,7 @@ from pricure_crypten.mpc.randomness import (
     TestOnlyNoiseSeed,
     TestOnlySeededNoiseRefused,
 )
+from pricure_crypten.parties.serving.messages import Load, ServerSettings
 from pricure_crypten.privacy.noise import ConfidentGNMax
 from tests.helpers import REPO
 
@@ -106,23 +107,27 @@ def test_a_server_refuses_the_seed_before_anything_else_without_the_environment_
     monkeypatch.delenv(TEST_ONLY_NOISE_ENV)
     state = ServerState(ServerConfig(0, 2, "file:///nonexistent", "TTP", 1, 1.0, os.getpid()), audit=None)
     with pytest.raises(TestOnlySeededNoiseRefused, match="server 0"):
-        state.op_load({"test_only_noise_seed": seed})  # no bundles: refused before they are looked at
+        state.load(Load(bundles=(), settings=ServerSettings(aggregation="vote", mechanism=NoNoise(), colluding=0,
+                                                            logit_bound=16.0, test_only_noise_seed=seed)))
     assert state.test_only_noise is None
 
 
 def test_seeded_noise_is_unreachable_from_the_cli_and_the_networked_servers():
     from pricure_crypten.parties.net.node import Node, NodeConfig
 
-    # the networked server's load payload never carries a seed (pricure serve builds it from NodeConfig)
-    assert not [f.name for f in dataclasses.fields(NodeConfig) if "seed" in f.name]
+    # the networked server's load message never carries a seed (pricure serve builds it from NodeConfig,
+    # whose config objects hold none: ExperimentOptions is not among them)
+    fields = dataclasses.fields(NodeConfig)
+    assert not [f.name for f in fields if "seed" in f.name or "experiment" in f.name]
     payloads = []
-    recorder = types.SimpleNamespace(op_load=payloads.append)
-    node = types.SimpleNamespace(config=NodeConfig(rank=0, servers=2, rendezvous="tcp://h:1", host="h", port=1,
-                                                   data_dir=Path("."), certfile=None, keyfile=None, epsilon=1.0),
-                                 lock=threading.Lock())
+    recorder = types.SimpleNamespace(load=payloads.append)
+    node = types.SimpleNamespace(config=NodeConfig(rank=0, rendezvous="tcp://h:1", host="h", port=1,
+                                                   data_dir=Path("."), certfile=None, keyfile=None,
+                                                   aggregation=Aggregation(noise=calibrate(epsilon=1.0))),
+                                 lock=threading.Lock(), models=types.SimpleNamespace(meta=lambda: {}))
     Node._load(node, recorder, [("owner", "arch")], [object()])
-    assert len(payloads) == 1 and payloads[0].get("test_only_noise_seed") is None
-    assert payloads[0]["noise_seed"] is None
+    assert len(payloads) == 1 and isinstance(payloads[0], Load)
+    assert payloads[0].settings.test_only_noise_seed is None and payloads[0].settings.noise_seed is None
     # and no front door (CLI, networked node, wire format) names it at all
     sources = [REPO / "src/pricure_crypten/cli.py", *sorted((REPO / "src/pricure_crypten/parties/net").glob("*.py"))]
     for path in sources:

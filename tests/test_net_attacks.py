@@ -78,7 +78,7 @@ def _hwm_mib(process: psutil.Process) -> float:
 def _alice_answers(d: Deployment, rows: int = 3, timeout: float = 60) -> None:
     answered = [d.status(r, "alice").answered_queries for r in range(d.n)]
     with d.remote("alice", timeout=timeout) as alice:
-        assert alice.predict(_queries(rows, seed=rows)).shape == (rows,)
+        assert alice.predict(_queries(rows, seed=rows)).labels.shape == (rows,)
     assert [d.status(r, "alice").answered_queries for r in range(d.n)] == [a + rows for a in answered]
 
 

@@ -19,6 +19,8 @@ so that the label tells exactly which models were used.
 
 from __future__ import annotations
 
+import contextlib
+
 import secrets
 import time
 
@@ -84,7 +86,7 @@ def test_the_store_keeps_the_version_being_served_as_the_previous_one(tmp_path):
 def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never_served(tmp_path):
     from pricure_crypten.parties.net.node import Node, NodeConfig
 
-    node = Node(NodeConfig(rank=0, servers=2, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
+    node = Node(NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
                            data_dir=tmp_path / "d", certfile=None, keyfile=None))
     node.models.put("o", A, _bundle(0))
     early, late = secrets.token_hex(16), secrets.token_hex(16)
@@ -94,12 +96,13 @@ def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never
     assert node.cancel("alice", early)["status"] == "cancelled"
     entry = [(early, "alice", [1, *INPUT]), (late, "alice", [1, *INPUT])]
     node.aggregation_ready = True
-    votes, _ = node._vote_predict(entry, reserve=False)
-    assert votes[0][0] == "refuse" and "cancelled by the client" in votes[0][1] and votes[1][0] == "ok"
-    node.mechanism = object()  # not used: the ledger is asked only for the reserving vote, stubbed below
-    node.ledger = type("L", (), {"spend": lambda *a, **k: type("S", (), {"__enter__": lambda s: s})()})()
-    votes, _ = node._vote_predict(entry[1:])  # server 0 votes ok for 'late': reserved here
-    assert votes[0][0] == "ok" and node.pending[late].reserved
+    votes, _ = node._vote_predict(entry)  # no stack: the holding vote, nothing reserved
+    assert votes[0].kind == "refuse" and "cancelled by the client" in votes[0].reason and votes[1].kind == "ok"
+    assert not node.pending[late].reserved
+    with contextlib.ExitStack() as stack:
+        votes, spends = node._vote_predict(entry[1:], stack)  # server 0 votes ok for 'late': reserved here
+        assert votes[0].kind == "ok" and node.pending[late].reserved and spends[late].state == "reserved"
+        spends[late].cancel()
     answer = node.cancel("alice", late)
     assert answer["status"] == "too late" and "may have been computed and charged" in answer["detail"]
     node._finish(late, "done", label_share=np.ones((1, CLASSES), np.int64))
@@ -117,7 +120,7 @@ def _put_one(d: Deployment, rank: int, owner: str, data: bytes, upload_id: str) 
 
 def _labels(d: Deployment, client: str = "alice") -> list[int]:
     with d.remote(client) as remote:
-        return remote.predict(np.zeros((3, *INPUT))).tolist()
+        return remote.predict(np.zeros((3, *INPUT))).labels.tolist()
 
 
 @pytest.fixture(scope="module")

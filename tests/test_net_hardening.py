@@ -338,7 +338,7 @@ def test_the_supervisor_restarts_a_party_killed_by_a_signal_and_stops_only_when_
 def _node(tmp_path, **overrides):
     from pricure_crypten.parties.net.node import Node, NodeConfig
 
-    config = NodeConfig(rank=0, servers=2, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
+    config = NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
                         data_dir=tmp_path / "d", certfile=None, keyfile=None, **overrides)
     node = Node(config)
     node.models.put("o", "a" * 32, _bundle_bytes())
@@ -348,7 +348,9 @@ def _node(tmp_path, **overrides):
 def test_a_client_is_capped_in_pending_requests_and_rows_and_packing_is_round_robin(tmp_path):
     from pricure_crypten.parties.net.node import TooManyRequests
 
-    node = _node(tmp_path, max_client_requests=3, max_client_rows=300, max_rows=256)
+    from pricure_crypten.config import Batching
+
+    node = _node(tmp_path, max_client_requests=3, max_client_rows=300, batching=Batching(max_rows=256))
     rid = iter(f"{i:032x}" for i in range(100))
     node.submit("mallory", next(rid), np.zeros((256, FEATURES), np.int64))
     with pytest.raises(TooManyRequests, match="256 pending rows"):

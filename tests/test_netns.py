@@ -74,7 +74,7 @@ def test_a_cut_link_fails_the_request_cleanly_and_the_system_recovers_without_ne
 
     def predict(rows: np.ndarray) -> np.ndarray:
         with d.remote("alice", timeout=CLIENT_TIMEOUT) as alice:
-            return alice.predict(rows)
+            return alice.predict(rows).labels
 
     reference = d.call(predict, x[:8])  # the namespaced deployment answers
     answered = [d.status(r, "alice").answered_queries for r in range(d.n)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import time
@@ -27,6 +29,7 @@ from pricure_crypten import (
 from pricure_crypten.config import InsecureProviderWarning
 from pricure_crypten.experiments import reference
 from pricure_crypten.parties.cluster import ServerCluster
+from pricure_crypten.parties.serving.messages import BatchReply, Info, Predict
 from tests.helpers import constant_owners
 
 pytestmark = pytest.mark.mpc
@@ -137,9 +140,9 @@ def test_exactly_one_reveal_per_call_and_only_to_the_client(running_ensemble, mo
     replies = []
     real_request = running_ensemble.cluster.request
 
-    def spy(op, payloads):
-        out = real_request(op, payloads)
-        replies.append((op, out))
+    def spy(messages):
+        out = real_request(messages)
+        replies.append((messages[0], out))
         return out
 
     monkeypatch.setattr(running_ensemble.cluster, "request", spy)
@@ -150,11 +153,14 @@ def test_exactly_one_reveal_per_call_and_only_to_the_client(running_ensemble, mo
         assert client.reveals == call
         assert len(reconstructions) == call  # reconstruction happens only in Client.reveal
         assert prediction.cost.server_decodes == 0
-    for op, out in replies:
-        assert op == "predict"
+    for message, out in replies:
+        assert isinstance(message, Predict)
         for reply in out:  # what leaves a server: one label share and public cost figures
-            assert set(reply) == {"label_share", "rounds", "bytes", "seconds", "decodes", "dealer_requests"}
-            assert reply["label_share"].dtype == np.int64 and reply["label_share"].shape == (5, 3)
+            assert isinstance(reply, BatchReply) and reply.outcome is None and reply.outcome_reveals == 0
+            assert [f.name for f in dataclasses.fields(reply)] == [
+                "label_share", "rounds", "bytes", "seconds", "decodes", "dealer_requests", "outcome",
+                "outcome_reveals"]
+            assert reply.label_share.dtype == np.int64 and reply.label_share.shape == (5, 3)
     assert all(info["decodes"] == 0 for info in running_ensemble.server_info())
 
 
@@ -172,7 +178,7 @@ def test_insecure_provider_is_explicit_and_loud():
         config = Cluster(num_servers=2, provider="insecure-tfp")
     cluster = ServerCluster(config)
     with cluster:
-        infos = cluster.broadcast("info")
+        infos = cluster.broadcast(Info())
         assert cluster.dealer_pid is None
     assert [i["provider"] for i in infos] == ["TrustedFirstParty"] * 2
     with pytest.raises(ValueError, match="unknown provider"):

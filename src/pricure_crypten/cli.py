@@ -165,6 +165,30 @@ def _server_list(text: str) -> list[str]:
     return servers
 
 
+def _noise_flags(parser: argparse.ArgumentParser) -> None:
+    """The mechanism flags of ``pricure serve`` and ``pricure label`` (with --epsilon, --delta, --aggregation)."""
+    parser.add_argument("--mechanism", choices=[*MECHANISM_NAMES, "confident-gnmax"], default="laplace")
+    parser.add_argument("--threshold", type=float, default=None, help="confident-gnmax: T")
+    parser.add_argument("--sigma-threshold", type=float, default=None, help="confident-gnmax: sigma_1")
+    parser.add_argument("--sigma", type=float, default=None, help="confident-gnmax: sigma_2")
+
+
+def _noise(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The calibrated mechanism the flags name (one line and exit 2 on a bad combination)."""
+    from .privacy.noise import ConfidentGNMax, calibrate
+
+    try:
+        if args.mechanism == "confident-gnmax":
+            if None in (args.threshold, args.sigma_threshold, args.sigma):
+                parser.error("--mechanism confident-gnmax needs --threshold, --sigma-threshold and --sigma")
+            return ConfidentGNMax(threshold=args.threshold, sigma_threshold=args.sigma_threshold, sigma=args.sigma,
+                                  delta=1e-5 if args.delta is None else args.delta)
+        return calibrate(epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism,
+                         aggregation=args.aggregation)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+
+
 def _deployment_main(command: str, argv: list[str]) -> int:
     """``pricure serve|dealer|admin|owner|query``: heavy imports only after the flags parse."""
     from pathlib import Path
@@ -181,9 +205,17 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--key", type=Path, required=True, help="its private key")
         parser.add_argument("--epsilon", type=_epsilon, default=float("inf"), help="epsilon per query")
         parser.add_argument("--delta", type=_delta, default=None)
-        parser.add_argument("--mechanism", choices=list(MECHANISM_NAMES), default="laplace")
+        _noise_flags(parser)
         parser.add_argument("--aggregation", choices=list(AGGREGATIONS), default="vote")
+        parser.add_argument("--logit-bound", type=float, default=None,
+                            help="the owners' logits are clamped to [-bound, bound] under MPC (default 16)")
         parser.add_argument("--colluding", type=_at_least(0, "--colluding"), default=0)
+        parser.add_argument("--provider", choices=["ttp", "insecure-tfp"], default="ttp",
+                            help="ttp: the separate dealer (secure, default); insecure-tfp: speed experiments only")
+        parser.add_argument("--offline-batch", type=_at_least(1, "--offline-batch"), action="append", default=[],
+                            help="an MPC batch size whose dealer tuples are stocked ahead of time (repeatable)")
+        parser.add_argument("--offline-depth", type=_at_least(1, "--offline-depth"), default=1,
+                            help="batches of each --offline-batch size kept in stock")
         parser.add_argument("--budget-epsilon", type=_epsilon, default=float("inf"),
                             help="each client's total epsilon in THIS server's ledger")
         parser.add_argument("--budget-delta", type=_delta, default=0.0)
@@ -219,20 +251,29 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         for flag in ("cert", "key"):
             if not getattr(args, flag).is_file():
                 parser.error(f"--{flag} {getattr(args, flag)} is not a file (create it with 'pricure admin cert')")
+        from .config import Aggregation, Batching, Cluster, Offline
         from .parties.net.node import NodeConfig, serve
 
-        config = NodeConfig(
-            rank=args.rank, servers=args.servers, rendezvous=args.rendezvous, host=args.listen[0],
-            port=args.listen[1], data_dir=args.data_dir, certfile=args.cert, keyfile=args.key,
-            aggregation=args.aggregation, epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism,
-            colluding=args.colluding, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            wait=args.wait, timeout=args.timeout, incomplete_after=args.incomplete_after, max_rows=args.max_batch,
-            max_upload=int(args.max_upload_mb * 1024 * 1024), threads=args.threads, argv=("serve", *argv),
-            max_params=args.max_params, max_activation=args.max_activation,
-            max_client_requests=args.max_client_requests, max_client_rows=args.max_client_rows,
-            max_connections=args.max_connections, header_timeout=args.header_timeout,
-            log_retention=args.log_retention_days * 86400.0,
-        )
+        try:
+            aggregation = Aggregation(method=args.aggregation, noise=_noise(parser, args),
+                                      **({} if args.logit_bound is None else {"logit_bound": args.logit_bound}))
+            cluster = Cluster(num_servers=args.servers, colluding=args.colluding, provider=args.provider,
+                              threads_per_server=args.threads, request_timeout=args.timeout)
+            config = NodeConfig(
+                rank=args.rank, rendezvous=args.rendezvous, host=args.listen[0], port=args.listen[1],
+                data_dir=args.data_dir, certfile=args.cert, keyfile=args.key, aggregation=aggregation,
+                cluster=cluster, batching=Batching(max_rows=args.max_batch),
+                offline=Offline(batch_sizes=tuple(args.offline_batch), depth=args.offline_depth),
+                budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+                wait=args.wait, incomplete_after=args.incomplete_after,
+                max_upload=int(args.max_upload_mb * 1024 * 1024), argv=("serve", *argv),
+                max_params=args.max_params, max_activation=args.max_activation,
+                max_client_requests=args.max_client_requests, max_client_rows=args.max_client_rows,
+                max_connections=args.max_connections, header_timeout=args.header_timeout,
+                log_retention=args.log_retention_days * 86400.0,
+            )
+        except (TypeError, ValueError) as error:
+            parser.error(str(error))
         return serve(config)
     if command == "dealer":
         parser.description = "Run the dealer (CrypTen's TTP) as its own process, until killed."
@@ -327,7 +368,7 @@ def _deployment_main(command: str, argv: list[str]) -> int:
     batch = np.load(args.input, allow_pickle=False)
     with RemoteEnsemble(servers=args.servers, credential=args.token_file, ca=args.ca,
                         timeout=args.timeout) as ensemble:
-        labels = ensemble.predict(batch)
+        labels = ensemble.predict(batch).labels
     print(json.dumps({"labels": labels.tolist()}))
     return 0
 
@@ -347,10 +388,7 @@ def _label_main(argv: list[str]) -> int:
     parser.add_argument("--classes", type=_at_least(2, "--classes"), required=True)
     parser.add_argument("--epsilon", type=_epsilon, default=1.0, help="epsilon per query (a number or inf)")
     parser.add_argument("--delta", type=_delta, default=None, help="delta per query (gaussian; default 1e-5)")
-    parser.add_argument("--mechanism", choices=[*MECHANISM_NAMES, "confident-gnmax"], default="laplace")
-    parser.add_argument("--threshold", type=float, default=None, help="confident-gnmax: T")
-    parser.add_argument("--sigma-threshold", type=float, default=None, help="confident-gnmax: sigma_1")
-    parser.add_argument("--sigma", type=float, default=None, help="confident-gnmax: sigma_2")
+    _noise_flags(parser)
     parser.add_argument("--aggregation", choices=list(AGGREGATIONS), default="vote")
     parser.add_argument("--servers", type=_at_least(2, "--servers"), default=2)
     parser.add_argument("--max-batch", type=_at_least(1, "--max-batch"), default=256, help="rows per MPC batch")
@@ -374,9 +412,6 @@ def _label_main(argv: list[str]) -> int:
     for path in args.owner:
         if not path.is_file():
             parser.error(f"--owner {path} is not a file")
-    gnmax = (args.threshold, args.sigma_threshold, args.sigma)
-    if args.mechanism == "confident-gnmax" and None in gnmax:
-        parser.error("--mechanism confident-gnmax needs --threshold, --sigma-threshold and --sigma")
     import numpy as np
     import torch
 
@@ -384,20 +419,12 @@ def _label_main(argv: list[str]) -> int:
     from .ensemble import PrivateEnsemble
     from .parties.client import Client
     from .parties.owner import ModelOwner
-    from .privacy.noise import ConfidentGNMax, calibrate
-
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
         parser.error(f"--input-shape must be comma-separated integers, got {args.input_shape!r}")
     pool = np.load(args.pool, allow_pickle=False)
-    if args.mechanism == "confident-gnmax":
-        delta = 1e-5 if args.delta is None else args.delta
-        noise = ConfidentGNMax(threshold=args.threshold, sigma_threshold=args.sigma_threshold, sigma=args.sigma,
-                               delta=delta)
-    else:
-        noise = calibrate(epsilon=args.epsilon, delta=args.delta, mechanism=args.mechanism,
-                          aggregation=args.aggregation)
+    noise = _noise(parser, args)
     owners = [ModelOwner(name=f"owner{i}", model=torch.load(path, weights_only=False), input_shape=shape,
                          num_classes=args.classes) for i, path in enumerate(args.owner)]
     ledger = None

@@ -47,6 +47,8 @@ from .parties.batching import RequestScheduler
 from .parties.client import Client
 from .parties.cluster import ServerCluster, ServerError
 from .parties.owner import ModelOwner, check_owners
+from .parties.serving.messages import Info, Load, Precompute, Predict, Profile, Refill, ServerSettings
+from .parties.serving.results import Cost, OfflineCost, Prediction
 
 _MOVED = {
     "epsilon": "aggregation=Aggregation(noise=calibrate(epsilon=..., mechanism=...))",
@@ -66,84 +68,6 @@ _MOVED = {
 
 class EnsembleClosedError(RuntimeError):
     """The ensemble was closed; create a new one."""
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What one prediction call cost.
-
-    ``rounds`` and ``mpc_seconds`` are those of the MPC batch(es) that carried
-    the call (per server; equal on all servers), ``batches`` how many there
-    were and ``batch_queries`` the rows of the largest (other clients' rows
-    included, under dynamic batching); ``bytes_sent`` is summed over the
-    servers and pro-rated to this call's rows; ``reveals`` counts client
-    reconstructions and ``server_decodes`` plaintext decodes on servers (0 by
-    design). ``dealer_requests`` counts round trips to the dealer during the
-    call (0 when the batch ran from precomputed tuples: a pure online phase).
-    ``outcome_reveals`` counts the joint reveals, among the servers, of the
-    threshold step's answered bits (answered-only labelling only, one per MPC
-    batch; 0 for :meth:`PrivateEnsemble.predict`); they are not in ``server_decodes``.
-    """
-
-    queries: int
-    seconds: float
-    mpc_seconds: float
-    rounds: int
-    bytes_sent: float
-    reveals: int
-    server_decodes: int
-    batches: int = 1
-    batch_queries: int = 0
-    dealer_requests: int = 0
-    outcome_reveals: int = 0
-
-    @property
-    def seconds_per_query(self) -> float:
-        return self.seconds / self.queries
-
-    @property
-    def bytes_per_query(self) -> float:
-        return self.bytes_sent / self.queries
-
-
-@dataclass(frozen=True)
-class OfflineCost:
-    """What one precomputation (the offline phase) cost; public figures, the slowest server's.
-
-    ``seconds`` includes ``rehearsal_seconds``, the one-off run on shares of
-    zeros that records which tuples a batch of this size needs; ``rounds``
-    and ``bytes_sent`` (summed over the servers) are those of the rehearsal
-    and of the bulk exchanges with the dealer; ``stock_bytes`` is the largest
-    server's stock afterwards (its memory cost), ``tuples`` the tuples dealt.
-    """
-
-    rows: int
-    batches: int
-    seconds: float
-    rehearsal_seconds: float
-    rounds: int
-    bytes_sent: int
-    exchanges: int
-    tuples: int
-    requests_per_batch: int
-    stock_bytes: int
-
-    @property
-    def stock_bytes_per_query(self) -> float:
-        """Offline storage per query on one server, from the stock held for ``batches`` batches."""
-        return self.stock_bytes / (self.rows * self.batches) if self.batches else float("nan")
-
-    @classmethod
-    def of(cls, replies: list[dict]) -> "OfflineCost":
-        return cls(
-            rows=int(replies[0]["rows"]), batches=int(replies[0]["batches"]),
-            seconds=max(float(r["seconds"]) for r in replies),
-            rehearsal_seconds=max(float(r["rehearsal_seconds"]) for r in replies),
-            rounds=max(int(r["rounds"]) for r in replies), bytes_sent=sum(int(r["bytes"]) for r in replies),
-            exchanges=max(int(r["exchanges"]) for r in replies), tuples=max(int(r["tuples"]) for r in replies),
-            requests_per_batch=int(replies[0]["requests_per_batch"]),
-            stock_bytes=max(int(r["stock_bytes"]) for r in replies),
-        )
 
 
 _STAGE_CATEGORY = {"linear": "linear", "conv2d": "linear", "affine": "linear", "flatten": "linear",
@@ -166,14 +90,6 @@ def summarise_profile(replies: list[dict], wall_seconds: float) -> dict[str, flo
     summary = {k: max(t.get(k, 0.0) for t in per_server) for k in keys}
     summary["routing"] = max(0.0, wall_seconds - summary["total"])
     return summary
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The client's view of one prediction call: labels (-1 = abstain) and its cost."""
-
-    labels: np.ndarray
-    cost: Cost
 
 
 NOT_SENT = -2
@@ -239,17 +155,6 @@ class Labelling:
             "server_decodes": self.cost.server_decodes, "rounds": self.cost.rounds,
             "bytes_sent": self.cost.bytes_sent, "seconds": self.cost.seconds, "stopped": self.stopped,
         }
-
-
-def _sum_costs(costs: list[Cost], seconds: float) -> Cost:
-    return Cost(
-        queries=sum(c.queries for c in costs), seconds=seconds, mpc_seconds=sum(c.mpc_seconds for c in costs),
-        rounds=sum(c.rounds for c in costs), bytes_sent=sum(c.bytes_sent for c in costs),
-        reveals=sum(c.reveals for c in costs), server_decodes=sum(c.server_decodes for c in costs),
-        batches=sum(c.batches for c in costs), batch_queries=max((c.batch_queries for c in costs), default=0),
-        dealer_requests=sum(c.dealer_requests for c in costs),
-        outcome_reveals=sum(c.outcome_reveals for c in costs),
-    )
 
 
 def _checked(value: Any, kind: type, name: str) -> Any:
@@ -352,17 +257,13 @@ class PrivateEnsemble:
             for owner in self.owners:
                 for server, bundle in enumerate(owner.share(num_servers=self.num_servers, rng=self._share_rng)):
                     per_server[server].append(bundle)
-            settings = dict(
-                aggregation=self.aggregation.method, mechanism=self.aggregation.noise,
-                colluding=self.cluster_config.colluding, logit_bound=self.aggregation.logit_bound,
-                noise_seed=self.experiment.noise_seed, stacking=self.experiment.stacking,
-                test_only_noise_seed=self.experiment.test_only_noise_seed,
-                input_shape=self.input_shape,
-            )
-            self._cluster.request("load", [dict(settings, bundles=b) for b in per_server])
+            settings = ServerSettings.of(aggregation=self.aggregation, cluster=self.cluster_config,
+                                         experiment=self.experiment)
+            self._cluster.request([Load(bundles=tuple(b), settings=settings, input_shape=self.input_shape)
+                                   for b in per_server])
             for rows in self.offline.batch_sizes:  # the offline phase, before any query of this launch runs
                 self.offline_costs.append(OfflineCost.of(self._cluster.broadcast(
-                    "precompute", {"rows": rows, "depth": self.offline.depth})))
+                    Precompute(rows=rows, depth=self.offline.depth))))
             self._loaded_launch = self._cluster.launches
         return self
 
@@ -381,7 +282,7 @@ class PrivateEnsemble:
         if not self.cluster_config.needs_dealer:
             raise ValueError("precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
         self.start()
-        cost = OfflineCost.of(self._cluster.broadcast("precompute", {"rows": rows, "depth": batches}))
+        cost = OfflineCost.of(self._cluster.broadcast(Precompute(rows=rows, depth=batches)))
         self.offline_costs.append(cost)
         return cost
 
@@ -404,7 +305,7 @@ class PrivateEnsemble:
             self.precompute(batch.shape[0])
         shares = Client("profile").share_queries(batch, num_servers=self.num_servers)
         begin = time.perf_counter()
-        replies = self._cluster.request("profile", [{"query_share": s} for s in shares])
+        replies = self._cluster.request([Profile(query_share=s) for s in shares])
         wall = time.perf_counter() - begin
         return summarise_profile(replies, wall)
 
@@ -412,7 +313,7 @@ class PrivateEnsemble:
         """Top every stocked batch size back up to its depth (the scheduler does this when idle)."""
         if self._closed or not self._cluster.running or self._loaded_launch != self._cluster.launches:
             return []
-        replies = self._cluster.broadcast("refill")  # per server: one figure dict per size it topped up
+        replies = self._cluster.broadcast(Refill())  # per server: one OfflineReply per size it topped up
         costs = [OfflineCost.of([server[i] for server in replies]) for i in range(len(replies[0]))]
         self.offline_costs.extend(costs)
         return costs
@@ -439,19 +340,18 @@ class PrivateEnsemble:
     def server_info(self) -> list[dict]:
         """Public facts each server reports about itself (pid, tuple provider, decode count, memory)."""
         self.start()
-        return self._cluster.broadcast("info")
+        return self._cluster.broadcast(Info())
 
     # -- the query path --
 
-    def _run_batch(self, shares: list[np.ndarray], *, outcome_rows: int = 0) -> list[dict]:
+    def _run_batch(self, shares: list[np.ndarray], *, outcome_rows: int = 0) -> list:
         """One MPC batch (called by the scheduler's worker thread only).
 
         ``outcome_rows`` > 0 (answered-only labelling only): the servers also
         reveal among themselves the answered bit of the first ``outcome_rows`` rows.
         """
         self.start()  # relaunches and reloads after a failure
-        extra = {"outcome_rows": int(outcome_rows)} if outcome_rows else {}
-        return self._cluster.request("predict", [dict(extra, query_share=s) for s in shares])
+        return self._cluster.request([Predict(query_share=s, outcome_rows=int(outcome_rows)) for s in shares])
 
     def predict(self, queries: torch.Tensor | np.ndarray, *, client: Client | None = None) -> Prediction:
         """Private labels for a batch of queries, revealed to ``client`` only. Thread-safe.
@@ -491,18 +391,8 @@ class PrivateEnsemble:
                 reservation.confirm()  # committed before the client receives anything
         reveals_before = client.reveals
         labels = client.reveal(result.label_shares)
-        cost = Cost(
-            queries=batch.shape[0],
-            seconds=time.perf_counter() - start,
-            mpc_seconds=result.mpc_seconds,
-            rounds=result.rounds,
-            bytes_sent=result.bytes_sent,
-            reveals=client.reveals - reveals_before,
-            server_decodes=result.decodes,
-            batches=result.batches,
-            batch_queries=result.batch_rows,
-            dealer_requests=result.dealer_requests,
-        )
+        cost = Cost.of(result.costs, queries=batch.shape[0], seconds=time.perf_counter() - start,
+                       reveals=client.reveals - reveals_before)
         return Prediction(labels=labels, cost=cost)
 
 
@@ -663,7 +553,7 @@ class PrivateEnsemble:
             labels=labels, answered=labels >= 0, sent=sent,
             refused=total - sent if stopped == "budget" else 0, accounting=accounting,
             spent_before=before, spent_after=spent(), batches=sum(c.batches for c in chunk_costs),
-            cost=_sum_costs(chunk_costs, time.perf_counter() - begin), stopped=stopped,
+            cost=Cost.total(chunk_costs, time.perf_counter() - begin), stopped=stopped,
         )
 
     def _label_chunk(self, batch: np.ndarray, *, client: Client, costs: Any) -> tuple[np.ndarray, Cost]:
@@ -696,12 +586,8 @@ class PrivateEnsemble:
         if result.outcomes is not None and not np.array_equal(labels >= 0, result.outcomes == 1):
             raise RuntimeError("the client's labels disagree with the servers' revealed outcomes: "
                                "the computation was corrupted")
-        return labels, Cost(
-            queries=rows, seconds=time.perf_counter() - start, mpc_seconds=result.mpc_seconds,
-            rounds=result.rounds, bytes_sent=result.bytes_sent, reveals=client.reveals - reveals_before,
-            server_decodes=result.decodes, batches=result.batches, batch_queries=result.batch_rows,
-            dealer_requests=result.dealer_requests, outcome_reveals=result.outcome_reveals,
-        )
+        return labels, Cost.of(result.costs, queries=rows, seconds=time.perf_counter() - start,
+                               reveals=client.reveals - reveals_before)
 
 __all__ = ["NOT_SENT", "Cost", "EnsembleClosedError", "Labelling", "OfflineCost", "Prediction", "PrivateEnsemble",
            "ServerError"]

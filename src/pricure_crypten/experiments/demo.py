@@ -167,7 +167,7 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
         with deployment.remote("demo-client") as remote:
             for start in range(0, config.queries, config.batch_size):
                 began = time.perf_counter()
-                labels.append(remote.predict(queries[start:start + config.batch_size]))
+                labels.append(remote.predict(queries[start:start + config.batch_size]).labels)
                 costs.append(time.perf_counter() - began)
         health = [deployment.health(r) for r in range(config.cluster.num_servers)]
         budget = deployment.budget(0, "demo-client")

@@ -30,12 +30,14 @@ import numpy as np
 from ..config import Batching
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import share_encoded
+from .serving.messages import BatchReply
+from .serving.packing import add_costs, gather, pack, pad_with_zeros, split_batch
+from .serving.results import ServerCost
 
-#: run_batch(query shares per server) -> one reply per server, each a dict with
-#: "label_share" (rows, C) and public figures "rounds", "bytes", "seconds", "decodes". For a request
-#: submitted with ``outcome=True`` it is called as ``run_batch(shares, outcome_rows=n)`` and each reply
-#: also carries "outcome" (n,): the threshold step's answered bits of the first n rows, revealed to the servers.
-RunBatch = Callable[..., list[dict]]
+#: run_batch(query shares per server) -> one :class:`~.serving.messages.BatchReply` per server. For a
+#: request submitted with ``outcome=True`` it is called as ``run_batch(shares, outcome_rows=n)`` and each
+#: reply also carries ``outcome`` (n,): the threshold step's answered bits of the first n rows, revealed to the servers.
+RunBatch = Callable[..., list[BatchReply]]
 
 
 class SchedulerClosedError(RuntimeError):
@@ -44,19 +46,12 @@ class SchedulerClosedError(RuntimeError):
 
 @dataclass
 class RequestResult:
-    """What one request gets back: its own label shares (one array per server) and public figures."""
+    """What one request gets back: its own label shares and costs (one per server), and outcome bits if asked."""
 
     request_id: int
     label_shares: list[np.ndarray]
-    batches: int
-    batch_rows: int
-    rounds: int
-    bytes_sent: float
-    mpc_seconds: float
-    decodes: int
-    dealer_requests: int = 0
+    costs: list[ServerCost]
     outcomes: np.ndarray | None = None  # answered bits (1/0) per row, if requested (answered-only)
-    outcome_reveals: int = 0
 
 
 @dataclass
@@ -68,15 +63,8 @@ class _Request:
     outcome: bool = False  # reveal the answered bit of each row to the servers; never packed with others
     next_row: int = 0
     parts: list[list[np.ndarray]] = field(default_factory=list)  # per batch: one slice per server
-    batches: int = 0
-    batch_rows: int = 0
-    rounds: int = 0
-    bytes_sent: float = 0.0
-    mpc_seconds: float = 0.0
-    decodes: int = 0
-    dealer_requests: int = 0
+    costs: list[ServerCost] | None = None  # per server, summed over the request's batches
     outcomes: list[np.ndarray] = field(default_factory=list)
-    outcome_reveals: int = 0
 
 
 class RequestScheduler:
@@ -166,22 +154,23 @@ class RequestScheduler:
                     self._condition.wait(remaining)
                 if self._closed:
                     return None
-            batch: list[tuple[_Request, int, int]] = []
-            capacity = self.batching.max_rows
-            for request in list(self._pending):
-                if batch and (request.outcome or batch[0][0].outcome):
-                    break  # a request whose outcomes are revealed to the servers runs alone
-                if request.next_row == 0 and not request.future.set_running_or_notify_cancel():
-                    self._pending.remove(request)  # cancelled while queued: its caller is gone
-                    continue
-                take = min(capacity, request.rows - request.next_row)
+            while True:  # a request cancelled while queued is dropped (its caller is gone); pack again
+                queue = list(self._pending)
+                chosen = pack([r.rows - r.next_row for r in queue], self.batching.max_rows,
+                              merge=self.batching.enabled, alone={i for i, r in enumerate(queue) if r.outcome})
+                cancelled = [queue[i] for i, _ in chosen
+                             if queue[i].next_row == 0 and not queue[i].future.running()
+                             and not queue[i].future.set_running_or_notify_cancel()]
+                if not cancelled:
+                    break
+                for request in cancelled:
+                    self._pending.remove(request)
+            batch = []
+            for index, take in chosen:
+                request = queue[index]
                 batch.append((request, request.next_row, request.next_row + take))
                 request.next_row += take
-                capacity -= take
-                if not self.batching.enabled or capacity == 0:
-                    break
-            for request, _, stop in batch:
-                if stop == request.rows:
+                if request.next_row == request.rows:
                     self._pending.remove(request)
             return batch
 
@@ -192,8 +181,9 @@ class RequestScheduler:
                 return
             if not batch:
                 continue
-            shares = [np.concatenate([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
-            shares = self._padded(shares)
+            shares = [gather([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
+            if self._pad_rows is not None:
+                shares = pad_with_zeros(shares, self._pad_rows(shares[0].shape[0]), self._zero_shares)
             first, start, stop = batch[0]
             try:
                 if first.outcome:  # alone in its batch, its rows first: reveal only theirs
@@ -206,15 +196,9 @@ class RequestScheduler:
             self.batches_run += 1
             self._deliver(batch, replies)
 
-    def _padded(self, shares: list[np.ndarray]) -> list[np.ndarray]:
-        """Append fresh shares of zero rows up to the size ``pad_rows`` asks for (their labels are dropped)."""
-        rows = shares[0].shape[0]
-        target = self._pad_rows(rows) if self._pad_rows is not None else rows
-        if target <= rows:
-            return shares
-        zeros = np.zeros((target - rows,) + shares[0].shape[1:], dtype=np.int64)
-        padding = share_encoded(zeros, num_parties=self.num_servers, rng=self._pad_rng)
-        return [np.concatenate([s, p]) for s, p in zip(shares, padding)]
+    def _zero_shares(self, zeros: np.ndarray) -> list[np.ndarray]:
+        """Fresh shares of zero (padding) rows, one per server."""
+        return share_encoded(zeros, num_parties=self.num_servers, rng=self._pad_rng)
 
     def _fail(self, requests: list[_Request], error: BaseException) -> None:
         with self._condition:
@@ -225,37 +209,23 @@ class RequestScheduler:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[dict]) -> None:
-        total = sum(b - a for _, a, b in batch)
-        offset = 0
-        for request, start, stop in batch:
-            rows = stop - start
-            request.parts.append([reply["label_share"][offset:offset + rows] for reply in replies])
-            offset += rows
-            request.batches += 1
-            request.batch_rows = max(request.batch_rows, total)
-            request.rounds += max(int(reply["rounds"]) for reply in replies)
-            request.bytes_sent += sum(int(reply["bytes"]) for reply in replies) * rows / total
-            request.mpc_seconds += max(float(reply["seconds"]) for reply in replies)
-            request.decodes += sum(int(reply["decodes"]) for reply in replies)
-            request.dealer_requests += max(int(reply.get("dealer_requests", 0)) for reply in replies)
+    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[BatchReply]) -> None:
+        for (request, start, stop), (label_shares, costs) in zip(batch, split_batch([b - a for _, a, b in batch],
+                                                                                     replies)):
+            request.parts.append(label_shares)
+            request.costs = add_costs(request.costs, costs)
             if request.outcome:
-                outcomes = [np.asarray(reply["outcome"], dtype=np.int64) for reply in replies]
-                if any(o.shape != (rows,) or not np.array_equal(o, outcomes[0]) for o in outcomes):
+                outcomes = [np.asarray(reply.outcome, dtype=np.int64) for reply in replies]
+                if any(o.shape != (stop - start,) or not np.array_equal(o, outcomes[0]) for o in outcomes):
                     error = RuntimeError("the servers disagree on the revealed outcomes: the computation was corrupted")
                     if not request.future.done():
                         request.future.set_exception(error)
                     continue
                 request.outcomes.append(outcomes[0])
-                request.outcome_reveals += max(int(reply.get("outcome_reveals", 0)) for reply in replies)
             if stop == request.rows and not request.future.done():
-                label_shares = [np.concatenate([part[server] for part in request.parts])
-                                for server in range(self.num_servers)]
                 request.future.set_result(RequestResult(
-                    request_id=request.request_id, label_shares=label_shares, batches=request.batches,
-                    batch_rows=request.batch_rows, rounds=request.rounds, bytes_sent=request.bytes_sent,
-                    mpc_seconds=request.mpc_seconds, decodes=request.decodes,
-                    dealer_requests=request.dealer_requests,
+                    request_id=request.request_id,
+                    label_shares=[gather([part[server] for part in request.parts]) for server in range(self.num_servers)],
+                    costs=list(request.costs),
                     outcomes=np.concatenate(request.outcomes) if request.outcome else None,
-                    outcome_reveals=request.outcome_reveals,
                 ))

@@ -4,7 +4,7 @@
 so it works from a process that has already run torch (a notebook kernel, the
 demo); CrypTen's fork-based ``run_multiprocess`` deadlocks there. It lives in
 the calling process and only routes messages: it hands server ``i`` the
-payload meant for server ``i`` and returns the servers' replies (shares for
+message meant for server ``i`` (:mod:`~pricure_crypten.parties.serving.messages`) and returns the servers' replies (shares for
 the client, public cost figures) to the caller.
 
 Correct by construction under concurrency:
@@ -36,6 +36,7 @@ from typing import Any, Sequence
 from ..config import Cluster
 from .dealer import dealer_main
 from .server import ServerConfig, server_main
+from .serving.messages import Message, Shutdown
 
 POLL_INTERVAL = 0.25
 
@@ -169,7 +170,7 @@ class ServerCluster:
                 if graceful:
                     for inbox, process in zip(self._inboxes, self._servers):
                         if process.is_alive():
-                            inbox.put((0, "shutdown", None))
+                            inbox.put((0, Shutdown()))
                     deadline = time.monotonic() + 10
                     for process in processes:
                         process.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -202,31 +203,32 @@ class ServerCluster:
 
     # -- requests --
 
-    def request(self, op: str, payloads: Sequence[Any]) -> list[Any]:
-        """Send ``payloads[i]`` to server ``i``; return the N replies in rank order.
+    def request(self, messages: Sequence[Message]) -> list[Any]:
+        """Send ``messages[i]`` to server ``i`` (all of one type); return the N replies in rank order.
 
         One request at a time, in one order for all servers; raises
         :class:`ServerError` (and tears the cluster down) on any failure.
         """
-        if len(payloads) != self.num_servers:
-            raise ValueError(f"need one payload per server ({self.num_servers}), got {len(payloads)}")
+        if len(messages) != self.num_servers:
+            raise ValueError(f"need one message per server ({self.num_servers}), got {len(messages)}")
+        op = messages[0].op
         with self._request_lock:
             if not self.running:
                 raise ServerError("the server cluster is not running (start it or use it as a context manager)")
             self._sequence += 1
             sequence = self._sequence
             try:
-                for inbox, payload in zip(self._inboxes, payloads):
-                    inbox.put((sequence, op, payload))
+                for inbox, message in zip(self._inboxes, messages):
+                    inbox.put((sequence, message))
                 replies = self._collect(sequence, op, self.config.request_timeout, check_heartbeats=True)
             except BaseException:
                 self.close(graceful=False)  # includes KeyboardInterrupt: nothing half-done survives
                 raise
             return [replies[rank] for rank in range(self.num_servers)]
 
-    def broadcast(self, op: str, payload: Any = None) -> list[Any]:
-        """Send the same (public) payload to every server."""
-        return self.request(op, [payload] * self.num_servers)
+    def broadcast(self, message: Message) -> list[Any]:
+        """Send the same (public) message to every server."""
+        return self.request([message] * self.num_servers)
 
     def _collect(self, sequence: int, op: str, timeout: float, *, check_heartbeats: bool) -> dict[int, Any]:
         """Wait for the reply numbered ``sequence`` from every server, watching every process."""

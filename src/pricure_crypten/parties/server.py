@@ -8,7 +8,7 @@ figures (rounds, bytes, seconds, decode count). It never decodes a value:
 every decode path of CrypTen is counted here (:class:`DecodeAudit`) and the
 count is reported with every prediction, so tests can check it is zero.
 The one exception is opt-in and counted apart: an answered-only labelling
-batch (``outcome_rows``, :func:`reveal_outcome`) opens, to every server, the
+batch (``Predict.outcome_rows``, :func:`reveal_outcome`) opens, to every server, the
 threshold step's answered bit of each of that client's rows, and nothing else.
 """
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .process import join_rendezvous, set_distributed_timeout, start_heartbeat
+from .serving.messages import (BatchReply, Info, Load, Message, OfflineReply, Precompute, Predict, Profile, Refill,
+                               Shutdown)
 
 
 class DecodeAudit:
@@ -94,7 +96,7 @@ class ServerState:
         self.input_shape: tuple[int, ...] | None = None
         self.patterns: dict[int, list] = {}  # batch rows -> the tuple requests of one batch (public)
         self.depths: dict[int, int] = {}  # batch rows -> batches to keep in stock
-        self.test_only_noise: Any = None  # TEST ONLY: TestOnlySeededServerNoise (see op_load)
+        self.test_only_noise: Any = None  # TEST ONLY: TestOnlySeededServerNoise (see load)
 
     @property
     def provider(self) -> Any:
@@ -105,13 +107,15 @@ class ServerState:
         provider = crypten.mpc.get_default_provider()
         return provider if isinstance(provider, PrecomputedTTP) else None
 
-    def handle(self, op: str, payload: Any) -> Any:
-        handler = getattr(self, f"op_{op}", None)
+    def handle(self, message: Message) -> Any:
+        """Answer one request message (:mod:`~pricure_crypten.parties.serving.messages`), dispatched on its type."""
+        handler = {Info: self.info, Load: self.load, Predict: self.predict, Profile: self.profile,
+                   Precompute: self.precompute, Refill: self.refill}.get(type(message))
         if handler is None:
-            raise ValueError(f"unknown server operation {op!r}")
-        return handler(payload)
+            raise TypeError(f"unknown server message {type(message).__name__}")
+        return handler(message)
 
-    def op_info(self, payload: Any) -> dict:
+    def info(self, message: Info | None = None) -> dict:
         """Public facts about this server: identity, provider, decode count, memory."""
         import resource
 
@@ -130,7 +134,7 @@ class ServerState:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
 
-    def op_load(self, payload: dict) -> dict:
+    def load(self, message: Load) -> dict:
         """Stack this server's shares of the owners' models; build the aggregation layer."""
         from ..mpc.aggregation import EncryptedAggregation
         from ..mpc.baseline import SequentialOwners
@@ -138,30 +142,33 @@ class ServerState:
         from ..mpc.stacked import StackedNetwork
         from .owner import group_by_architecture, stack_shares
 
+        settings = message.settings
         self.test_only_noise = None
-        if payload.get("test_only_noise_seed") is not None:  # TEST ONLY; refused without the env var HERE
+        if settings.test_only_noise_seed is not None:  # TEST ONLY; refused without the env var HERE
             from ..mpc.randomness import TestOnlySeededServerNoise
 
-            self.test_only_noise = TestOnlySeededServerNoise.enable(payload["test_only_noise_seed"],
+            self.test_only_noise = TestOnlySeededServerNoise.enable(settings.test_only_noise_seed,
                                                                     server=self.config.rank)
-        bundles = payload["bundles"]
-        shape = payload.get("input_shape")  # needed only to rehearse a batch for the offline phase
-        self.input_shape = tuple(shape) if shape is not None else None
+        bundles = list(message.bundles)
+        self.input_shape = tuple(message.input_shape) if message.input_shape is not None else None
         self.patterns, self.depths = {}, {}
         if self.provider is not None:
             self.provider.clear()  # tuples recorded for other models are never used
-        if payload.get("stacking", True):
+        if not bundles:
+            self.networks, self.aggregation = [], None
+            return {"groups": []}
+        if settings.stacking:
             self.networks = [StackedNetwork(stack_shares(g), len(g)) for g in group_by_architecture(bundles)]
         else:
             self.networks = [SequentialOwners([b.layers for b in bundles])]
-        seed = payload.get("noise_seed")
+        seed = settings.noise_seed
         rng = SecureRandom(seed=f"{seed}/server-{self.config.rank}") if seed is not None else SecureRandom()
         self.aggregation = EncryptedAggregation(
-            aggregation=payload["aggregation"],
-            mechanism=payload["mechanism"],
+            aggregation=settings.aggregation,
+            mechanism=settings.mechanism,
             num_servers=self.config.world_size,
-            colluding=payload["colluding"],
-            logit_bound=payload["logit_bound"],
+            colluding=settings.colluding,
+            logit_bound=settings.logit_bound,
             rng=rng,
         )
         return {"groups": [n.num_owners for n in self.networks]}
@@ -191,10 +198,10 @@ class ServerState:
         stacked = logits[0] if len(logits) == 1 else crypten.cat(logits, dim=0)
         return run(self.aggregation, stacked, "aggregation_")
 
-    def op_predict(self, payload: dict) -> dict:
+    def predict(self, message: Predict) -> BatchReply:
         """One batch: query shares -> one-hot label shares for the client, plus public costs.
 
-        With tuples in stock for this batch (:meth:`op_precompute`) the batch
+        With tuples in stock for this batch (:meth:`precompute`) the batch
         makes no round trip to the dealer; ``dealer_requests`` counts those it made.
         """
         from ..mpc._crypten import crypten
@@ -206,33 +213,28 @@ class ServerState:
         comm.get().reset_communication_stats()
         start = time.perf_counter()
         if self.test_only_noise is not None and self.aggregation is not None:  # TEST ONLY: seeded partials
-            self.aggregation.ops.test_only_batch = self.test_only_noise.next_batch(len(payload["query_share"]))
+            self.aggregation.ops.test_only_batch = self.test_only_noise.next_batch(len(message.query_share))
         try:
-            released = self._forward(payload["query_share"])
+            released = self._forward(message.query_share)
         finally:
             if self.aggregation is not None:
                 self.aggregation.ops.test_only_batch = None  # rehearsals and profiles use the CSPRNG
         label_share = released.share.numpy().copy()
-        reply = {}
-        outcome_rows = int(payload.get("outcome_rows", 0))
-        if outcome_rows:  # answered-only labelling: the ONE extra, counted decode (see reveal_outcome)
+        outcome, outcome_reveals = None, 0
+        if message.outcome_rows:  # answered-only labelling: the ONE extra, counted decode (see reveal_outcome)
             audited = self.audit.count
-            reply["outcome"] = reveal_outcome(released, outcome_rows)
-            reply["outcome_reveals"] = 1
+            outcome, outcome_reveals = reveal_outcome(released, int(message.outcome_rows)), 1
             decodes_before += self.audit.count - audited  # counted apart from "decodes"
         seconds = time.perf_counter() - start
         stats = comm.get().get_communication_stats()
-        return {
-            "label_share": label_share,
-            "rounds": int(stats["rounds"]),
-            "bytes": int(stats["bytes"]),
-            "seconds": seconds,
-            "decodes": self.audit.count - decodes_before,
-            "dealer_requests": (provider.misses - misses_before) if provider is not None else 0,
-            **reply,
-        }
+        return BatchReply(
+            label_share=label_share, rounds=int(stats["rounds"]), bytes=int(stats["bytes"]), seconds=seconds,
+            decodes=self.audit.count - decodes_before,
+            dealer_requests=(provider.misses - misses_before) if provider is not None else 0,
+            outcome=outcome, outcome_reveals=outcome_reveals,
+        )
 
-    def op_profile(self, payload: dict) -> dict:
+    def profile(self, message: Profile) -> dict:
         """One batch, timed stage by stage; the label share is dropped (nothing leaves this server).
 
         Public figures only: for each stage (every layer of every stacked
@@ -256,7 +258,7 @@ class ServerState:
                            "communication_seconds": float(stats["time"]), "rounds": int(stats["rounds"])})
             return out
 
-        self._forward(payload["query_share"], timed)  # the label share is dropped here
+        self._forward(message.query_share, timed)  # the label share is dropped here
         dealer = (provider.dealer_seconds - dealer_before) if provider is not None else 0.0
         return {"stages": stages, "dealer_seconds": dealer}
 
@@ -274,7 +276,7 @@ class ServerState:
         self.patterns[rows] = list(requests)
         return {"rehearsal_seconds": time.perf_counter() - start, "requests": len(requests)}
 
-    def op_precompute(self, payload: dict) -> dict:
+    def precompute(self, message: Precompute) -> OfflineReply:
         """Keep ``depth`` batches of ``rows`` in stock (record the batch's requests first if new).
 
         Public figures only: seconds, rounds and bytes of this offline work
@@ -284,29 +286,29 @@ class ServerState:
 
         if self.provider is None:
             raise RuntimeError("precomputation needs the secure TTP provider (Cluster(provider='ttp'))")
-        rows, depth = int(payload["rows"]), int(payload["depth"])
+        rows, depth = int(message.rows), int(message.depth)
         comm = crypten.communicator
         comm.get().reset_communication_stats()
         start = time.perf_counter()
-        figures: dict[str, Any] = {"rehearsal_seconds": 0.0, "exchanges": 0, "tuples": 0, "batches": 0}
+        rehearsal, exchanges, tuples, batches = 0.0, 0, 0, 0
         if rows not in self.patterns:
-            figures.update(self._record(rows))
+            rehearsal = self._record(rows)["rehearsal_seconds"]
         self.depths[rows] = max(depth, self.depths.get(rows, 0))
         missing = self.depths[rows] - self.provider.copies_in_stock(self.patterns[rows])
         if missing > 0:
             dealt = self.provider.precompute(self.patterns[rows], copies=missing)
-            figures.update(exchanges=dealt["exchanges"], tuples=dealt["tuples"], batches=missing)
+            exchanges, tuples, batches = dealt["exchanges"], dealt["tuples"], missing
         stats = comm.get().get_communication_stats()
-        figures.update(rows=rows, seconds=time.perf_counter() - start, rounds=int(stats["rounds"]),
-                       bytes=int(stats["bytes"]), stock_bytes=self.provider.stock_bytes,
-                       requests_per_batch=len(self.patterns[rows]))
-        return figures
+        return OfflineReply(rows=rows, batches=batches, seconds=time.perf_counter() - start,
+                            rehearsal_seconds=rehearsal, rounds=int(stats["rounds"]), bytes=int(stats["bytes"]),
+                            exchanges=exchanges, tuples=tuples, requests_per_batch=len(self.patterns[rows]),
+                            stock_bytes=self.provider.stock_bytes)
 
-    def op_refill(self, payload: Any) -> list[dict]:
+    def refill(self, message: Refill | None = None) -> list[OfflineReply]:
         """Top every stocked batch size back up to its depth (after batches consumed it)."""
         if self.provider is None:
             return []
-        return [self.op_precompute({"rows": rows, "depth": depth}) for rows, depth in sorted(self.depths.items())
+        return [self.precompute(Precompute(rows=rows, depth=depth)) for rows, depth in sorted(self.depths.items())
                 if self.provider.copies_in_stock(self.patterns[rows]) < depth]
 
 
@@ -340,7 +342,7 @@ def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, t
 def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) -> None:
     """Entry point of a server process (spawned): serve requests in sequence order until 'shutdown'.
 
-    ``inbox`` carries ``(sequence number, operation, payload)`` from the
+    ``inbox`` carries ``(sequence number, message)`` from the
     launcher; every reply on ``replies`` carries the sequence number of its
     request. Requests must arrive numbered 1, 2, 3, ... (the one order all
     servers agree on); anything else is an error, and after an error the
@@ -355,15 +357,15 @@ def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) 
     state = ServerState(config, audit)
     expected = 1
     while True:
-        sequence, op, payload = inbox.get()
-        if op == "shutdown":
+        sequence, message = inbox.get()
+        if isinstance(message, Shutdown):
             crypten.uninit()
             return
         try:
             if sequence != expected:
                 raise RuntimeError(f"request {sequence} arrived out of order (expected {expected})")
             expected += 1
-            result = state.handle(op, payload)
+            result = state.handle(message)
         except Exception:  # noqa: BLE001 - reported to the operator; the cluster is then torn down
             replies.send((sequence, "error", traceback.format_exc()))
             return

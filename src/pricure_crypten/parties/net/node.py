@@ -49,6 +49,8 @@ metadata (ids, row counts, shapes, client identities, votes).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,7 +66,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..._validation import DEFAULT_LOGIT_BOUND
+from ...config import Aggregation, Batching, Cluster, Offline
+from ...privacy.noise import NoNoise
+from ..serving.admission import OK, REFUSE, WAIT, Admission, Decision, Vote, agree
+from ..serving.messages import Load, Precompute, Predict, Refill, ServerSettings
+from ..serving.packing import gather, pack, pad_with_zeros, split_batch
+from ..serving.results import ServerCost
 from .credentials import CredentialTable
 from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, TooManyRequests,
                    WireError, bundle_from_bytes, encode_array)
@@ -79,28 +86,39 @@ MAX_CANDIDATES = 512  # request ids server 0 proposes per tick (public metadata 
 _LIMITS = BundleLimits()
 
 
+def _no_noise() -> Aggregation:
+    return Aggregation(noise=NoNoise())
+
+
 @dataclass(frozen=True)
 class NodeConfig:
+    """One networked server: its place in the deployment, and the shared config objects.
+
+    The privacy, topology, batching and offline settings are the same
+    validated objects as in library mode (:mod:`pricure_crypten.config`):
+    ``aggregation`` (default: votes at epsilon inf, i.e. :class:`NoNoise`; ``pricure serve
+    --epsilon``), ``cluster`` (servers, colluding, provider, threads,
+    ``request_timeout`` = the collectives' timeout), ``batching`` (``max_rows``
+    per MPC batch) and ``offline`` (batch sizes whose dealer tuples are stocked
+    ahead of time, as in :class:`~pricure_crypten.config.Offline`). The other
+    fields are the front door's own (addresses, files, limits, timeouts).
+    """
+
     rank: int
-    servers: int
     rendezvous: str
     host: str
     port: int
     data_dir: Path
     certfile: Optional[Path]
     keyfile: Optional[Path]
-    aggregation: str = "vote"
-    epsilon: float = float("inf")
-    delta: Optional[float] = None
-    mechanism: str = "laplace"
-    logit_bound: float = DEFAULT_LOGIT_BOUND
-    colluding: int = 0
+    aggregation: Aggregation = field(default_factory=_no_noise)
+    cluster: Cluster = field(default_factory=Cluster)
+    batching: Batching = field(default_factory=Batching)
+    offline: Offline = field(default_factory=Offline)
     budget_epsilon: float = float("inf")
     budget_delta: float = 0.0
     wait: float = 120.0  # bound on waiting for the other parties at the rendezvous
-    timeout: float = 60.0  # torch.distributed timeout of every collective
     incomplete_after: float = 10.0  # a request not at every server by then is dropped
-    max_rows: int = 256  # rows per MPC batch (dynamic batching)
     max_upload: int = MAX_BUNDLE_BYTES
     max_params: int = _LIMITS.max_params  # int64 share elements per bundle
     max_input_elements: int = _LIMITS.max_input_elements  # elements of one example
@@ -114,20 +132,49 @@ class NodeConfig:
     log_retention: float = 30 * 86400.0  # seconds a finished request id stays in requests.sqlite3
     log_max_entries: int = 1_000_000  # finished request ids kept at most (the oldest go first)
     tick: float = 0.1
-    threads: int = 1
-    provider: str = "TTP"
     argv: tuple[str, ...] = field(default=(), compare=False)  # to re-execute after an MPC failure
+
+    def __post_init__(self) -> None:
+        for name, kind in (("aggregation", Aggregation), ("cluster", Cluster), ("batching", Batching),
+                           ("offline", Offline)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a pricure_crypten.config.{kind.__name__}, "
+                                f"not {type(getattr(self, name)).__name__}")
+        if not 0 <= self.rank < self.cluster.num_servers:
+            raise ValueError(f"rank must be in [0, {self.cluster.num_servers}), got {self.rank}")
+        if self.offline.enabled and not self.cluster.needs_dealer:
+            raise ValueError("Offline precomputation needs the dealer: use the 'ttp' provider (the default)")
+        if self.offline.enabled and self.offline.batch_sizes[-1] > self.batching.max_rows:
+            raise ValueError(f"Offline.batch_sizes {self.offline.batch_sizes} has a size above the "
+                             f"{self.batching.max_rows} rows of an MPC batch: no batch that large ever runs")
+
+    @property
+    def servers(self) -> int:
+        return self.cluster.num_servers
+
+    @property
+    def max_rows(self) -> int:
+        return self.batching.max_rows
+
+    @property
+    def threads(self) -> int:
+        return self.cluster.threads_per_server or 1
 
     @property
     def limits(self) -> BundleLimits:
         return BundleLimits(max_bytes=self.max_upload, max_params=self.max_params,
                             max_input_elements=self.max_input_elements, max_activation=self.max_activation)
 
+    @property
+    def settings(self) -> ServerSettings:
+        """What this server loads the owners' shares with (built as in library mode; never a seed)."""
+        return ServerSettings.of(aggregation=self.aggregation, cluster=self.cluster)
+
     def public_settings(self) -> dict:
         """What every server must agree on (checked after joining the MPC)."""
-        return {"servers": self.servers, "aggregation": self.aggregation, "epsilon": repr(self.epsilon),
-                "delta": repr(self.delta), "mechanism": self.mechanism, "logit_bound": self.logit_bound,
-                "colluding": self.colluding, "provider": self.provider}
+        return {"servers": self.servers, "provider": self.cluster.provider, **self.settings.public(),
+                "offline": [list(self.offline.batch_sizes), self.offline.depth, self.offline.pad],
+                "max_rows": self.max_rows}
 
 
 @dataclass
@@ -142,6 +189,7 @@ class Pending:
     reserved: bool = False  # this server voted to run it (its budget reserved): a cancel comes too late
     cancelled: bool = False  # the client cancelled it before that: this server refuses it at the next vote
     discard: bool = False  # cancelled too late: the label share is never served
+    cost: Optional[ServerCost] = None  # this server's public figures for it, served with the label share
 
 
 def choose_versions(holdings: Sequence[dict], loaded: dict) -> dict[str, str]:
@@ -363,6 +411,8 @@ class Node:
         self.batches = 0
         self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
+        self.admission = Admission(self.ledger, config.aggregation.noise)  # this server's own ledger
+        self.offline: list = []  # this server's OfflineReply figures, latest last (public)
 
     def _open_ledger(self, path: Path) -> Any:
         from ...privacy.accounting import PrivacyLedger
@@ -395,6 +445,7 @@ class Node:
                     "owners_quarantined": sorted(self.quarantined),
                     "connections": self.open_connections(),
                     "batches": self.batches, "totals": dict(self.totals),
+                    "offline": [dataclasses.asdict(r) for r in self.offline[-8:]],
                     "settings": self.config.public_settings()}
 
     def model_status(self, owner: str) -> Optional[dict]:
@@ -494,6 +545,7 @@ class Node:
                 out = {"request_id": request_id, "status": item.status, "error": item.error}
                 if item.status == "done":
                     out["label_share"] = encode_array(item.label_share)
+                    out["cost"] = item.cost.public()  # this server's public figures, as in library mode
                 return out
         row = self.log.lookup(request_id)
         if row is None or row[0] != client:
@@ -503,7 +555,8 @@ class Node:
 
     # -- MPC loop side --
 
-    def _finish(self, request_id: str, status: str, *, label_share: Any = None, error: Optional[str] = None) -> None:
+    def _finish(self, request_id: str, status: str, *, label_share: Any = None, error: Optional[str] = None,
+                cost: Optional[ServerCost] = None) -> None:
         with self.lock:
             item = self.pending.get(request_id)
             if item is None:
@@ -513,6 +566,7 @@ class Node:
                 error = (f"cancelled by the client after server {self.config.rank} had reserved its budget: "
                          "computed and charged; its label share is discarded")
             item.status, item.label_share, item.error, item.finished = status, label_share, error, time.monotonic()
+            item.cost = cost if label_share is not None else None
             item.share = np.empty(0, dtype=np.int64)
         self.log.finish(request_id, status, error)
 
@@ -549,8 +603,12 @@ class Node:
             return dict(base, op="idle")
         return dict(base, op="predict", ids=ids[:MAX_CANDIDATES], max_rows=self.config.max_rows)
 
-    def _vote_predict(self, ids: list, reserve: bool = True) -> tuple[list, dict]:
-        """This server's vote on each proposed id, and the reservations it made (``reserve=False``: none)."""
+    def _vote_predict(self, ids: list, stack: Optional[contextlib.ExitStack] = None) -> tuple[list[Vote], dict]:
+        """This server's vote on each proposed id; with ``stack``, each ``ok`` also reserves in this server's ledger.
+
+        The reservations (:meth:`Admission.reserve`) are entered on ``stack``:
+        whatever leaves its block with an exception is rolled back.
+        """
         from ...privacy.accounting.errors import BudgetExceededError
 
         votes, spends = [], {}
@@ -561,33 +619,30 @@ class Node:
             if item is None:
                 row = self.log.lookup(rid)
                 if row is not None and row[1] != "pending":  # 'pending' here: being submitted right now
-                    votes.append(("refuse", f"server {self.config.rank} has already finished request {rid} "
-                                            f"({row[1]})", 0.0))
+                    votes.append(Vote(REFUSE, f"server {self.config.rank} has already finished request {rid} "
+                                              f"({row[1]})"))
                 else:
-                    votes.append(("wait", None, 0.0))
+                    votes.append(Vote(WAIT))
                 continue
             age = now - item.arrived
             if item.status != "pending":
-                votes.append(("refuse", f"server {self.config.rank} already finished this request", age))
+                votes.append(Vote(REFUSE, f"server {self.config.rank} already finished this request", age))
             elif item.client != client or list(item.share.shape) != shape:
-                votes.append(("refuse", "the servers received different clients or shapes for this request id",
-                              age))
+                votes.append(Vote(REFUSE, "the servers received different clients or shapes for this request id", age))
             elif self.aggregation_ready is False:
-                votes.append(("refuse", "no owner models are loaded", age))
-            elif not self._claim_for_vote(item, reserve):
-                votes.append(("refuse", f"cancelled by the client (server {self.config.rank} had reserved no budget "
-                                        "for it); nothing computed or charged", age))
-            elif not reserve:
-                votes.append(("ok", None, age))
+                votes.append(Vote(REFUSE, "no owner models are loaded", age))
+            elif not self._claim_for_vote(item, stack is not None):
+                votes.append(Vote(REFUSE, f"cancelled by the client (server {self.config.rank} had reserved no "
+                                          "budget for it); nothing computed or charged", age))
+            elif stack is None:
+                votes.append(Vote(OK, None, age))
             else:
-                spend = self.ledger.spend(client, self.mechanism, queries=shape[0])
                 try:
-                    spend.__enter__()
+                    spends[rid] = stack.enter_context(self.admission.reserve(client, shape[0]))
                 except BudgetExceededError as error:
-                    votes.append(("refuse", f"over budget on server {self.config.rank}: {error}", age))
+                    votes.append(Vote(REFUSE, f"over budget on server {self.config.rank}: {error}", age))
                     continue
-                spends[rid] = spend
-                votes.append(("ok", None, age))
+                votes.append(Vote(OK, None, age))
         return votes, spends
 
     def _claim_for_vote(self, item: Pending, reserve: bool) -> bool:
@@ -607,8 +662,9 @@ class Node:
         the last load decision, the tick is a load (at once if a model being
         served is no longer held by every server, i.e. withdrawn or replaced
         somewhere; else at most once a second); otherwise it considers the
-        proposed requests. Both depend only on the gathered data, so every
-        server takes the same decision.
+        proposed requests, or (nothing proposed, with Offline stock) tops the
+        stock up. All depend only on the gathered data, so every server takes
+        the same decision.
         """
         group = comm.main_group
         mine = {"holdings": self.models.holdings(), "proposal": self._proposal() if self.config.rank == 0 else None}
@@ -622,88 +678,84 @@ class Node:
                 self._agree_and_load(state, dist, group, holdings, dict(proposal["loaded"]))
                 return
         if proposal["op"] == "idle":
+            if self.config.offline.enabled and self.config.offline.refill and self.aggregation_ready:
+                self._stock(state, state.refill(Refill()))
             return
         # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here;
         # the others are packed in the proposed (fair) order, skipping any that does not fit the batch.
         ids = proposal["ids"]
-        have, _ = self._vote_predict(ids, reserve=False)
+        have, _ = self._vote_predict(ids)
         votes: list = [None] * self.config.servers
         dist.all_gather_object(votes, have, group=group)
-        chosen, rows = [], 0
+        held = []
         for index, entry in enumerate(ids):
-            column = [v[index] for v in votes]
-            if all(c[0] == "ok" for c in column):
-                if rows + entry[2][0] <= proposal.get("max_rows", self.config.max_rows):  # server 0's, for all
-                    chosen.append(entry)
-                    rows += entry[2][0]
+            decision = agree([v[index] for v in votes], incomplete_after=self.config.incomplete_after)
+            if decision.action == "run":
+                held.append(entry)
             else:
-                self._settle(entry, column)
+                self._settle(entry, decision)
+        chosen = [held[i] for i, _ in pack([e[2][0] for e in held], proposal["max_rows"], split=False)]
         if not chosen:
             return
-        # phase 2: the chosen ids, with reservations in every server's own ledger
-        ids = chosen
-        mine, spends = self._vote_predict(ids)
-        try:
-            self._decide_and_run(state, dist, group, ids, mine, spends)
-        except BaseException:
-            for rid, spend in spends.items():  # reserved in this step, never confirmed: nothing was released
-                if spend.state == "reserved":
-                    spend.cancel()
-                    self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing was "
-                                                      "revealed or charged")
-            raise
+        # phase 2: the chosen ids, with reservations in every server's own ledger (rolled back on any failure)
+        with contextlib.ExitStack() as stack:
+            mine, spends = self._vote_predict(chosen, stack)
+            try:
+                self._decide_and_run(state, dist, group, chosen, mine, spends)
+            except BaseException:
+                for rid, spend in spends.items():  # reserved in this step, never confirmed: nothing was released
+                    if spend.state == "reserved":
+                        self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing "
+                                                          "was revealed or charged")
+                raise
 
-    def _settle(self, entry: tuple, column: list) -> None:
+    def _settle(self, entry: tuple, decision: Decision) -> None:
         """An id not every server accepted: refused -> failed everywhere; missing too long -> dropped everywhere."""
         rid, client, _ = entry
-        refusals = [c[1] for c in column if c[0] == "refuse"]
-        if refusals:
-            self._finish(rid, "failed", error="refused: " + "; ".join(sorted(set(refusals))))
-        elif max(c[2] for c in column) > self.config.incomplete_after:
-            waiting = [str(r) for r, c in enumerate(column) if c[0] == "wait"]
-            error = (f"the query share did not reach server(s) {', '.join(waiting)} within "
-                     f"{self.config.incomplete_after:g} s; dropped on every server, nothing charged")
+        if decision.action == "refuse":
+            self._finish(rid, "failed", error=decision.reason)
+        elif decision.action == "drop":
             if self.log.lookup(rid) is None:  # a late share is then refused as a replay
                 self.log.claim(rid, client)
-            self._finish(rid, "failed", error=error)
-            self.log.finish(rid, "failed", error)
+            self._finish(rid, "failed", error=decision.reason)
+            self.log.finish(rid, "failed", decision.reason)
 
     def _decide_and_run(self, state: Any, dist: Any, group: Any, ids: list, mine: list, spends: dict) -> None:
+        """Run the ids every server reserved: one MPC batch; confirm each spend, then serve its label share."""
         votes = [None] * self.config.servers
         dist.all_gather_object(votes, mine, group=group)
         run = []
-        for index, (rid, client, shape) in enumerate(ids):
-            column = [v[index] for v in votes]
-            kinds = [c[0] for c in column]
-            if all(k == "ok" for k in kinds):
-                run.append((rid, shape[0]))
+        for index, entry in enumerate(ids):
+            decision = agree([v[index] for v in votes], incomplete_after=self.config.incomplete_after)
+            if decision.action == "run":
+                run.append((entry[0], entry[2][0]))
                 continue
-            spend = spends.pop(rid, None)
+            spend = spends.pop(entry[0], None)
             if spend is not None:
                 spend.cancel()  # refused or incomplete: nothing charged
-            self._settle((rid, client, shape), column)
+            self._settle(entry, decision)
         if not run:
             return
         with self.lock:
-            shares = [self.pending[rid].share for rid, _ in run]
-        reply = state.op_predict({"query_share": np.concatenate(shares, axis=0)})
-        if reply["decodes"]:
-            raise RuntimeError(f"server {self.config.rank} decoded {reply['decodes']} values (must be 0)")
-        start = 0
-        for rid, rows in run:
+            shares = [gather([self.pending[rid].share for rid, _ in run])]
+        rows = shares[0].shape[0]
+        # Padding up to a stocked size: this server's share of public zero rows is zero (their labels are dropped)
+        padded = pad_with_zeros(shares, self.config.offline.padded_rows(rows), lambda zeros: [zeros])
+        reply = state.predict(Predict(query_share=padded[0]))
+        if reply.decodes:
+            raise RuntimeError(f"server {self.config.rank} decoded {reply.decodes} values (must be 0)")
+        for (rid, _), (label_shares, costs) in zip(run, split_batch([r for _, r in run], [reply])):
             spends[rid].confirm()  # committed before the share is served
-            self._finish(rid, "done", label_share=reply["label_share"][start:start + rows])
-            start += rows
+            self._finish(rid, "done", label_share=label_shares[0], cost=costs[0])
         with self.lock:
             self.batches += 1
-            self.totals["rows"] += start
-            self.totals["mpc_seconds"] += reply["seconds"]
-            self.totals["bytes"] += reply["bytes"]
-            self.totals["rounds"] += reply["rounds"]
-            self.totals["decodes"] += reply["decodes"]
+            self.totals["rows"] += rows
+            self.totals["mpc_seconds"] += reply.seconds
+            self.totals["bytes"] += reply.bytes
+            self.totals["rounds"] += reply.rounds
+            self.totals["decodes"] += reply.decodes
 
     aggregation_ready: Optional[bool] = False
-    mechanism: Any = None
     open_connections: Any = staticmethod(lambda: None)  # set by the front door
 
     def _check_buildable(self, bundle: Any) -> Optional[str]:
@@ -785,6 +837,8 @@ class Node:
                     self._load(state, before, [found[o] for o, _ in before])
                 except Exception:  # noqa: BLE001 - even the previous set fails: serve no model rather than crash
                     self._load(state, [], [])
+            if self.config.offline.enabled and self.aggregation_ready:  # the same on every server (agreed above)
+                self._stock(state)
         # an owner whose current version is served (on every server): its previous version goes, on every server
         served = dict(self.loaded)
         after = [{o: ((v[0], None) if served.get(o) == v[0] else v) for o, v in h.items()} for h in holdings]
@@ -797,20 +851,22 @@ class Node:
             self._next_load_try = time.monotonic() + 1.0
 
     def _load(self, state: Any, wanted: list[tuple[str, str]], bundles: list[Any]) -> None:
-        from ...privacy.noise import calibrate
-
-        c = self.config
-        self.mechanism = calibrate(epsilon=c.epsilon, delta=c.delta, mechanism=c.mechanism, aggregation=c.aggregation)
-        if bundles:
-            state.op_load({"bundles": bundles, "aggregation": c.aggregation, "mechanism": self.mechanism,
-                           "colluding": c.colluding, "logit_bound": c.logit_bound, "noise_seed": None,
-                           "stacking": True})
-        else:
-            state.networks, state.aggregation = [], None
+        meta = next(iter(self.models.meta().values()), None)  # every stored model takes the same input shape
+        shape = tuple(meta["input_shape"]) if meta is not None else None
+        state.load(Load(bundles=tuple(bundles), settings=self.config.settings, input_shape=shape))
         with self.lock:
             self.loaded = list(wanted)
             self.aggregation_ready = bool(bundles)
         logger.info("loaded the shares of %d owners: %s", len(wanted), ", ".join(o for o, _ in wanted))
+
+    def _stock(self, state: Any, replies: Optional[list] = None) -> None:
+        """The offline phase (all servers in lockstep): stock every Offline batch size, or record a refill's figures."""
+        if replies is None:
+            replies = [state.precompute(Precompute(rows=rows, depth=self.config.offline.depth))
+                       for rows in self.config.offline.batch_sizes]
+        with self.lock:
+            self.offline.extend(replies)
+            del self.offline[:-64]  # the latest figures only (public)
 
     def fail_all(self, error: str) -> None:
         with self.lock:
@@ -885,8 +941,8 @@ def serve(config: NodeConfig) -> int:
               "--rendezvous, or raise --wait")
     try:
         audit = start_party(rank=config.rank, world_size=config.servers, rendezvous=config.rendezvous,
-                            provider=config.provider, threads=config.threads,
-                            timeout=max(config.timeout, config.wait + 5.0))
+                            provider=config.cluster.crypten_provider, threads=config.threads,
+                            timeout=max(config.cluster.request_timeout, config.wait + 5.0))
         import torch.distributed as dist
 
         from ...mpc._crypten import crypten
@@ -903,8 +959,8 @@ def serve(config: NodeConfig) -> int:
         print(f"pricure serve: error: the servers disagree on their settings: {settings}", file=sys.stderr,
               flush=True)
         os._exit(SETTINGS_MISMATCH_EXIT)
-    state = ServerState(ServerConfig(config.rank, config.servers, config.rendezvous, config.provider,
-                                     config.threads, config.timeout, os.getppid()), audit)
+    state = ServerState(ServerConfig(config.rank, config.servers, config.rendezvous, config.cluster.crypten_provider,
+                                     config.threads, config.cluster.request_timeout, os.getppid()), audit)
     with node.lock:
         node.mpc_state = "ready"
     print(f"pricure serve: server {config.rank} joined the MPC with {config.servers - 1} other server(s) and "

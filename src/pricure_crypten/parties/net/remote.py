@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..client import Client
+from ..serving.results import Cost, Prediction, ServerCost
 from .wire import bundle_to_bytes, decode_array, encode_array
 
 
@@ -197,8 +198,13 @@ class RemoteEnsemble:
 
     def collect(self, request_id: str) -> list[np.ndarray]:
         """Wait for the N label shares of ``request_id`` (bounded by ``timeout``)."""
+        return self._collect(request_id)[0]
+
+    def _collect(self, request_id: str) -> tuple[list[np.ndarray], list[ServerCost]]:
+        """The N label shares of ``request_id`` and the N servers' public cost figures for it."""
         deadline = time.monotonic() + self.timeout
         shares: dict[int, np.ndarray] = {}
+        costs: dict[int, ServerCost] = {}
         unreachable_since: dict[int, float] = {}
         while len(shares) < self.num_servers:
             for i in range(self.num_servers):
@@ -217,6 +223,10 @@ class RemoteEnsemble:
                 body = response.json()
                 if body["status"] == "done":
                     shares[i] = decode_array(body["label_share"], name=f"server {i}'s label share")
+                    try:
+                        costs[i] = ServerCost.from_public(body["cost"])
+                    except (KeyError, TypeError, ValueError):
+                        raise RemoteError(f"server {i} sent no valid cost figures for request {request_id}") from None
                 elif body["status"] != "pending":
                     raise RemoteError(f"server {i}: request {request_id} {body['status']}: {body.get('error')}")
             if len(shares) < self.num_servers:
@@ -224,7 +234,7 @@ class RemoteEnsemble:
                     raise RemoteError(f"no answer from every server within {self.timeout:g} s; "
                                       f"{self._give_up(request_id)}")
                 time.sleep(self.poll)
-        return [shares[i] for i in range(self.num_servers)]
+        return [shares[i] for i in range(self.num_servers)], [costs[i] for i in range(self.num_servers)]
 
     def cancel(self, request_id: str, servers: Optional[Sequence[int]] = None) -> list[dict]:
         """Cancel this client's request on every server; each server's answer (``status`` ``unreachable`` if none).
@@ -271,10 +281,21 @@ class RemoteEnsemble:
         return (f"request {request_id} could not be cancelled in time ({where}{'; ' + others if others else ''}): "
                 "the request may have been computed and charged; its result will not be delivered")
 
-    def predict(self, queries: Any) -> np.ndarray:
-        """Private labels of the batch (-1 = abstain); reconstructed here, and only here."""
+    def predict(self, queries: Any) -> Prediction:
+        """Private labels of the batch (-1 = abstain), reconstructed here and only here, and the call's cost.
+
+        The same :class:`~pricure_crypten.parties.serving.results.Prediction`
+        as ``PrivateEnsemble.predict``: ``labels`` and a ``Cost`` combined from
+        the servers' public figures exactly as in library mode.
+        """
+        start = time.perf_counter()
         request_id = self.submit(queries)
-        return self.client.reveal(self.collect(request_id))
+        shares, costs = self._collect(request_id)
+        reveals = self.client.reveals
+        labels = self.client.reveal(shares)
+        return Prediction(labels=labels, cost=Cost.of(costs, queries=labels.shape[0],
+                                                      seconds=time.perf_counter() - start,
+                                                      reveals=self.client.reveals - reveals))
 
 
 def upload_model(owner: Any, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
