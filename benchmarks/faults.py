@@ -39,8 +39,8 @@ def one_fault(target: str, fault: str, cluster: Cluster) -> dict:
         try:
             ens.predict(torch.randn(8, 8), client=client)
             spent = ledger.status("alice").spent_epsilon
-            old = [p.pid for p in ens.cluster.processes]
-            victim = ens.cluster.server_pids[1] if target == "server 1" else ens.cluster.dealer_pid
+            old = [p.pid for p in ens.servers.processes]
+            victim = ens.servers.server_pids[1] if target == "server 1" else ens.servers.dealer_pid
             outcome: dict = {}
 
             def call() -> None:
@@ -51,7 +51,7 @@ def one_fault(target: str, fault: str, cluster: Cluster) -> dict:
 
             thread = threading.Thread(target=call)
             thread.start()
-            while ens.cluster._sequence < 4:
+            while ens.servers._sequence < 4:
                 time.sleep(0.01)
             os.kill(victim, getattr(signal, fault))
             sent = time.monotonic()

@@ -115,8 +115,8 @@ def time_private(
                 mpc_seconds_per_batch=Spread.of([c.mpc_seconds for c in costs]),
                 rounds_per_batch=max(c.rounds for c in costs),
                 bytes_per_batch=max(c.bytes_sent for c in costs),
-                server_peak_mib=largest_peak_mib(ensemble.cluster.server_pids),
-                dealer_peak_mib=largest_peak_mib([ensemble.cluster.dealer_pid]),
+                server_peak_mib=largest_peak_mib(ensemble.servers.server_pids),
+                dealer_peak_mib=largest_peak_mib([ensemble.servers.dealer_pid]),
             )
 
 

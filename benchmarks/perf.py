@@ -120,8 +120,8 @@ def run_configuration(arch: str, owners_count: int, batch: int, *, stacking: boo
         for mode in modes:
             row.update({f"{mode}_{k}": v for k, v in _measure(ensemble, queries, repeats=repeats,
                                                                stock=mode == "precomputed").items()})
-        row["server_peak_mib"] = largest_peak_mib(ensemble.cluster.server_pids)
-        row["dealer_peak_mib"] = largest_peak_mib([ensemble.cluster.dealer_pid])
+        row["server_peak_mib"] = largest_peak_mib(ensemble.servers.server_pids)
+        row["dealer_peak_mib"] = largest_peak_mib([ensemble.servers.dealer_pid])
     plain = measure_plaintext([o.model for o in owners], queries, repeats=repeats)
     row["plaintext_seconds_per_query"] = plain.median
     for mode in modes:

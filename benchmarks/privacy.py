@@ -135,7 +135,7 @@ def _private_run(setup: Setup, aggregation: str, mechanism: str, epsilon: float,
                          experiment=experiment) as ensemble:
         predictions = [ensemble.predict(setup.queries[i:i + batch_size], client=client)
                        for i in range(0, len(setup.queries), batch_size)]
-        peaks = (largest_peak_mib(ensemble.cluster.server_pids), largest_peak_mib([ensemble.cluster.dealer_pid]))
+        peaks = (largest_peak_mib(ensemble.servers.server_pids), largest_peak_mib([ensemble.servers.dealer_pid]))
     return {
         "labels": np.concatenate([p.labels for p in predictions]),
         "wall_seconds": time.perf_counter() - begin,

@@ -36,7 +36,7 @@ def test_budget_is_charged_before_release_refused_before_mpc_and_not_charged_on_
                            cluster=Cluster(num_servers=2), ledger=ledger)
     with pytest.raises(BudgetExceededError):
         over.predict(torch.zeros(6, 2), client=client)  # 6 queries x epsilon 1 > 5
-    assert not over.cluster.running  # refused before any server was started
+    assert not over.servers.running  # refused before any server was started
     status = ledger.status("alice")
     assert status.spent_epsilon == 0 and status.refused_queries >= 1 and client.reveals == 0
 
@@ -49,14 +49,14 @@ def test_budget_is_charged_before_release_refused_before_mpc_and_not_charged_on_
         assert ledger.status("alice").answered_queries == 2
 
         requests = []
-        real = ensemble.cluster.request
-        ensemble.cluster.request = lambda messages: requests.append(messages[0].op) or real(messages)
+        real = ensemble.servers.request
+        ensemble.servers.request = lambda messages: requests.append(messages[0].op) or real(messages)
         with pytest.raises(BudgetExceededError, match="alice"):
             ensemble.predict(torch.zeros(4, 2), client=client)  # 2 + 4 > 5
         assert requests == [] and client.reveals == 1
         assert ledger.status("alice").spent_epsilon == pytest.approx(2.0)
 
-        os.kill(ensemble.cluster.server_pids[0], signal.SIGKILL)
+        os.kill(ensemble.servers.server_pids[0], signal.SIGKILL)
         time.sleep(0.5)
         with pytest.raises(ServerError):
             ensemble.predict(torch.zeros(1, 2), client=client)

@@ -27,6 +27,7 @@ from pricure_crypten import (
     LaplaceNoise,
     ModelOwner,
     NoNoise,
+    Offline,
     PrivateEnsemble,
     calibrate,
 )
@@ -107,7 +108,7 @@ def test_bad_queries_are_refused_before_any_mpc(queries, error, match):
     client = Client("carol")
     with pytest.raises(error, match=match):
         ens.predict(queries, client=client)
-    assert ens.cluster.launches == 0 and client.reveals == 0  # no server was ever started
+    assert ens.servers.launches == 0 and client.reveals == 0  # no server was ever started
     ens.close()
 
 
@@ -115,7 +116,7 @@ def test_a_client_that_is_not_a_client_is_refused():
     ens = PrivateEnsemble(_owners())
     with pytest.raises(TypeError, match="client must be a pricure_crypten.Client"):
         ens.predict(torch.zeros(1, 6), client="alice")
-    assert ens.cluster.launches == 0
+    assert ens.servers.launches == 0
 
 
 def test_a_closed_ensemble_refuses_calls_without_starting_anything():
@@ -125,7 +126,7 @@ def test_a_closed_ensemble_refuses_calls_without_starting_anything():
         ens.predict(torch.zeros(1, 6))
     with pytest.raises(EnsembleClosedError, match="closed"):
         ens.start()
-    assert ens.cluster.launches == 0
+    assert ens.servers.launches == 0
 
 
 def test_test_only_seeds_and_the_insecure_provider_warn_loudly():
@@ -167,3 +168,59 @@ def test_bad_cli_input_gets_one_clear_line_before_any_work(argv, fragment, capsy
     assert cli_exit_code(argv) == 2  # these on top of test_demo's cases
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
+
+
+def _serve_argv(tmp_path, *flags: str) -> list[str]:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("not read: the server is never started here")
+    return ["serve", "--rank", "1", "--servers", "3", "--rendezvous", "tcp://127.0.0.1:1", "--listen",
+            "127.0.0.1:1", "--data-dir", str(tmp_path / "d"), "--cert", str(tmp_path / "c.pem"), "--key",
+            str(tmp_path / "k.pem"), *flags]
+
+
+def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypatch):
+    """``pricure serve`` builds the same Aggregation/Cluster/Batching/Offline objects as library mode."""
+    import pricure_crypten.parties.net.node as node
+
+    captured = []
+    monkeypatch.setattr(node, "serve", lambda config: captured.append(config) or 0)
+    argv = _serve_argv(tmp_path, "--mechanism", "confident-gnmax", "--threshold", "2.5", "--sigma-threshold", "1",
+                       "--sigma", "0.5", "--logit-bound", "8", "--colluding", "1", "--max-batch", "32",
+                       "--offline-batch", "8", "--offline-batch", "4", "--offline-depth", "2", "--threads", "2",
+                       "--timeout", "45")
+    assert cli_exit_code(argv) == 0
+    (config,) = captured
+    noise = config.aggregation.noise  # mechanisms compare by their parameters (repr), not identity
+    assert repr(noise) == repr(ConfidentGNMax(threshold=2.5, sigma_threshold=1.0, sigma=0.5, delta=1e-5))
+    assert (config.aggregation.method, config.aggregation.logit_bound) == ("vote", 8.0)
+    assert config.cluster == Cluster(num_servers=3, colluding=1, threads_per_server=2, request_timeout=45.0)
+    assert config.batching == Batching(max_rows=32) and config.offline == Offline(batch_sizes=(4, 8), depth=2)
+    assert config.settings.mechanism is noise and config.settings.logit_bound == 8.0
+    # the defaults: epsilon inf (no noise), the secure provider, no stock
+    captured.clear()
+    assert cli_exit_code(_serve_argv(tmp_path)) == 0
+    assert isinstance(captured[0].aggregation.noise, NoNoise) and captured[0].cluster.provider == "ttp"
+    assert not captured[0].offline.enabled and captured[0].public_settings()["servers"] == 3
+    with pytest.warns(InsecureProviderWarning):
+        assert cli_exit_code(_serve_argv(tmp_path, "--provider", "insecure-tfp")) == 0
+    assert captured[-1].cluster.crypten_provider == "TFP"
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--mechanism", "confident-gnmax", "--threshold", "2"], "needs --threshold, --sigma-threshold and --sigma"),
+    (["--offline-batch", "64", "--max-batch", "32"], "no MPC batch that large ever runs"),
+    (["--offline-batch", "4", "--provider", "insecure-tfp"], "needs the dealer"),
+    (["--logit-bound", "500"], "logit_bound"),
+    (["--colluding", "3"], "colluding must be in"),
+])
+def test_pricure_serve_refuses_bad_parity_flags_with_one_line(tmp_path, monkeypatch, capsys, flags, fragment):
+    import warnings
+
+    import pricure_crypten.parties.net.node as node
+
+    monkeypatch.setattr(node, "serve", lambda config: pytest.fail("started despite bad flags"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureProviderWarning)
+        assert cli_exit_code(_serve_argv(tmp_path, *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err

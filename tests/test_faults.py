@@ -59,9 +59,9 @@ def test_fault_mid_batch_is_detected_reveals_and_charges_nothing_and_heals(tmp_p
         x, expected = _client_queries(1, 0, rows=8)
         assert np.array_equal(ens.predict(x, client=client).labels, expected)
         spent = ledger.status("alice").spent_epsilon
-        old = ens.cluster.processes
-        victim = ens.cluster.server_pids[1] if target == "server" else ens.cluster.dealer_pid
-        launches = ens.cluster.launches
+        old = ens.servers.processes
+        victim = ens.servers.server_pids[1] if target == "server" else ens.servers.dealer_pid
+        launches = ens.servers.launches
 
         big, _ = _client_queries(2, 1, rows=64 * 40)  # 40 MPC batches: seconds of work
         outcome: dict = {}
@@ -75,7 +75,7 @@ def test_fault_mid_batch_is_detected_reveals_and_charges_nothing_and_heals(tmp_p
 
         caller = threading.Thread(target=call)
         caller.start()
-        assert _wait_until(lambda: ens.cluster._sequence >= 3, 60)  # load, first predict, and now mid-stream
+        assert _wait_until(lambda: ens.servers._sequence >= 3, 60)  # load, first predict, and now mid-stream
         os.kill(victim, getattr(signal, fault))
         signalled = time.monotonic()
         caller.join(timeout=REQUEST_TIMEOUT + 30)
@@ -96,13 +96,13 @@ def test_fault_mid_batch_is_detected_reveals_and_charges_nothing_and_heals(tmp_p
         assert ledger.status("alice").spent_epsilon == pytest.approx(spent)
         # no process of the failed cluster is left (a stopped one is killed too)
         assert _wait_until(lambda: all(_gone(p.pid) for p in old), 10)
-        assert not ens.cluster.running
+        assert not ens.servers.running
         # the same ensemble answers the next call correctly, on a fresh cluster
         x, expected = _client_queries(3, 2, rows=8)
         prediction = ens.predict(x, client=client)
         assert np.array_equal(prediction.labels, expected)
-        assert ens.cluster.launches == launches + 1 and client.reveals == 2
-        assert victim not in ens.cluster.server_pids + [ens.cluster.dealer_pid]
+        assert ens.servers.launches == launches + 1 and client.reveals == 2
+        assert victim not in ens.servers.server_pids + [ens.servers.dealer_pid]
     finally:
         ens.close()
         ledger.close()
@@ -111,7 +111,7 @@ def test_fault_mid_batch_is_detected_reveals_and_charges_nothing_and_heals(tmp_p
 def test_close_is_idempotent_and_final():
     ens = PrivateEnsemble(_argmax_owners(1), aggregation=Aggregation(noise=calibrate(epsilon=float("inf"))))
     ens.start()
-    pids = [p.pid for p in ens.cluster.processes]
+    pids = [p.pid for p in ens.servers.processes]
     ens.close()
     ens.close()
     assert all(_gone(pid) for pid in pids)
@@ -131,7 +131,7 @@ _INTERRUPTED = textwrap.dedent(
         ens = PrivateEnsemble(_argmax_owners(2), aggregation=Aggregation(noise=NoNoise()),
                               batching=Batching(max_rows=32))
         with ens:
-            pids = [p.pid for p in ens.cluster.processes]
+            pids = [p.pid for p in ens.servers.processes]
             print(json.dumps(pids), flush=True)
             x, _ = _client_queries(0, 0, rows=32 * 400)
             ens.predict(x)   # interrupted or killed while this runs

@@ -180,3 +180,50 @@ def test_the_cycle_check_would_catch_a_cycle(tmp_path):
     graph = _import_graph(package)
     assert graph["pricure_crypten_probe.sub.a"] == {"pricure_crypten_probe.sub.b"}
     assert _cycles(graph) == [["pricure_crypten_probe.sub.a", "pricure_crypten_probe.sub.b"]]
+
+
+# -- the serving core (parties/serving) is transport-free and below both modes --
+
+TRANSPORTS = ("multiprocessing", "socket", "ssl", "http", "httpx", "fastapi", "uvicorn", "starlette", "sqlite3",
+              "torch.distributed", "crypten", "threading", "subprocess")
+SERVING = "pricure_crypten.parties.serving"
+
+
+def _serving_violations(package: Path) -> list[str]:
+    """Imports that would tie the serving core to a transport or to one mode (any depth, any block)."""
+    violations = []
+    for path in sorted(package.rglob("*.py")):
+        here = ".".join(("pricure_crypten", *path.relative_to(PACKAGE).with_suffix("").parts)) \
+            if package.is_relative_to(PACKAGE) else f"{SERVING}.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                if any(name == t or name.startswith(t + ".") for t in TRANSPORTS):
+                    violations.append(f"{here}:{node.lineno} imports {name}")
+        for target, line in _imports(path, here):
+            inside = target.startswith(SERVING)
+            allowed_lower = any(target.startswith(f"pricure_crypten.{layer}") for layer in
+                                ("_validation", "mpc", "privacy", "config"))
+            if not inside and not allowed_lower:
+                violations.append(f"{here}:{line} imports {target} (a mode or a transport)")
+    return violations
+
+
+def test_the_serving_core_imports_no_transport_and_neither_mode():
+    assert (PACKAGE / "parties" / "serving").is_dir()
+    assert _serving_violations(PACKAGE / "parties" / "serving") == []
+    # and both modes are built on it
+    for user in ("ensemble.py", "parties/batching.py", "parties/server.py", "parties/net/node.py",
+                 "parties/net/remote.py"):
+        assert any(t.startswith(SERVING) for t, _ in _imports(PACKAGE / user)), user
+
+
+def test_the_serving_check_would_catch_a_transport_or_a_mode(tmp_path):
+    # Positive control: a scratch copy of a serving module that reaches for HTTP and for the networked node.
+    probe = tmp_path / "serving"
+    probe.mkdir()
+    (probe / "probe.py").write_text("import httpx\nfrom ..net.node import Node\nfrom .messages import Load\n")
+    found = _serving_violations(probe)
+    assert any("imports httpx" in v for v in found) and any("parties.net.node" in v for v in found)
+    assert not any("messages" in v for v in found)

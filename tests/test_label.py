@@ -311,7 +311,7 @@ def test_bad_input_is_refused_before_any_mpc_work(tmp_path):
             laplace.label(_pool(3), client=alice)
         with pytest.raises(ValueError, match="rdp-filter"):
             gnmax.label(_gnmax_pool(), client=alice, accounting="answered-only")
-        assert not laplace.cluster.running and not free.cluster.running and not gnmax.cluster.running
+        assert not laplace.servers.running and not free.servers.running and not gnmax.servers.running
         assert alice.reveals == 0
         status = ledger.status("alice")
         assert status.spent_epsilon == pytest.approx(0.75) and status.answered_queries == 1

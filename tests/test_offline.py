@@ -236,5 +236,5 @@ def test_offline_settings_that_cannot_work_are_refused_before_any_process(mlp_ow
         ensemble.precompute(0)
     with pytest.raises(ValueError, match="rows"):
         ensemble.precompute(10**6)
-    assert ensemble.cluster.launches == 0
+    assert ensemble.servers.launches == 0
     ensemble.close()

@@ -28,7 +28,7 @@ from pricure_crypten import (
 )
 from pricure_crypten.config import InsecureProviderWarning
 from pricure_crypten.experiments import reference
-from pricure_crypten.parties.cluster import ServerCluster
+from pricure_crypten.parties.cluster import ServerProcesses
 from pricure_crypten.parties.serving.messages import BatchReply, Info, Predict
 from tests.helpers import constant_owners
 
@@ -138,14 +138,14 @@ def test_exactly_one_reveal_per_call_and_only_to_the_client(running_ensemble, mo
     real_reconstruct = client_module.reconstruct
     monkeypatch.setattr(client_module, "reconstruct", lambda s: reconstructions.append(1) or real_reconstruct(s))
     replies = []
-    real_request = running_ensemble.cluster.request
+    real_request = running_ensemble.servers.request
 
     def spy(messages):
         out = real_request(messages)
         replies.append((messages[0], out))
         return out
 
-    monkeypatch.setattr(running_ensemble.cluster, "request", spy)
+    monkeypatch.setattr(running_ensemble.servers, "request", spy)
     client = Client("alice")
     for call in range(1, 4):
         prediction = running_ensemble.predict(torch.randn(5, 6), client=client)
@@ -168,7 +168,7 @@ def test_secure_configuration_uses_a_separate_dealer(running_ensemble):
     infos = running_ensemble.server_info()
     assert [i["provider"] for i in infos] == ["PrecomputedTTP"] * 2  # CrypTen's TTP, able to stock tuples
     assert [i["cfg_provider"] for i in infos] == ["TTP"] * 2
-    dealer = running_ensemble.cluster.dealer_pid
+    dealer = running_ensemble.servers.dealer_pid
     assert dealer is not None and dealer not in [i["pid"] for i in infos]
     os.kill(dealer, 0)  # the dealer process is alive
 
@@ -176,13 +176,13 @@ def test_secure_configuration_uses_a_separate_dealer(running_ensemble):
 def test_insecure_provider_is_explicit_and_loud():
     with pytest.warns(InsecureProviderWarning, match="INSECURE"):
         config = Cluster(num_servers=2, provider="insecure-tfp")
-    cluster = ServerCluster(config)
+    cluster = ServerProcesses(config)
     with cluster:
         infos = cluster.broadcast(Info())
         assert cluster.dealer_pid is None
     assert [i["provider"] for i in infos] == ["TrustedFirstParty"] * 2
     with pytest.raises(ValueError, match="unknown provider"):
-        ServerCluster(Cluster(num_servers=2, provider="tfp"))
+        ServerProcesses(Cluster(num_servers=2, provider="tfp"))
 
 
 def test_server_share_of_weights_is_independent_of_the_weights():
@@ -211,7 +211,7 @@ def test_server_crash_reveals_nothing():
     client = Client("bob")
     try:
         assert ens.predict(torch.randn(2, 6), client=client).cost.reveals == 1
-        os.kill(ens.cluster.server_pids[1], signal.SIGKILL)
+        os.kill(ens.servers.server_pids[1], signal.SIGKILL)
         time.sleep(0.5)
         with pytest.raises(ServerError, match="nothing was revealed"):
             ens.predict(torch.randn(2, 6), client=client)
@@ -283,5 +283,5 @@ def test_bad_queries_are_refused_before_any_mpc(queries, error, match):
     client = Client("carol")
     with pytest.raises(error, match=match):
         ens.predict(queries, client=client)
-    assert not ens.cluster.running  # no server was even started
+    assert not ens.servers.running  # no server was even started
     assert client.reveals == 0

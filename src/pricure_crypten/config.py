@@ -221,6 +221,14 @@ class Offline:
     def enabled(self) -> bool:
         return bool(self.batch_sizes)
 
+    def check_against(self, cluster: "Cluster", batching: "Batching") -> None:
+        """Raise ``ValueError`` unless this stock can be used with ``cluster`` and ``batching`` (both modes)."""
+        if self.enabled and not cluster.needs_dealer:
+            raise ValueError("Offline precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
+        if self.enabled and self.batch_sizes[-1] > batching.max_rows:
+            raise ValueError(f"Offline.batch_sizes {self.batch_sizes} has a size above Batching.max_rows = "
+                             f"{batching.max_rows}: no MPC batch that large ever runs")
+
     def padded_rows(self, rows: int) -> int:
         """The stocked size a batch of ``rows`` runs as (``rows`` itself if none fits or padding is off)."""
         if not self.pad:

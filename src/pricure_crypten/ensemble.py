@@ -30,7 +30,6 @@ reconstructs anything except through ``Client.reveal``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -45,8 +44,9 @@ from .config import Aggregation, Batching, Cluster, ExperimentOptions, Offline
 from .mpc.randomness import SecureRandom
 from .parties.batching import RequestScheduler
 from .parties.client import Client
-from .parties.cluster import ServerCluster, ServerError
+from .parties.cluster import ServerProcesses, ServerError
 from .parties.owner import ModelOwner, check_owners
+from .parties.serving.admission import Admission
 from .parties.serving.messages import Info, Load, Precompute, Predict, Profile, Refill, ServerSettings
 from .parties.serving.results import Cost, OfflineCost, Prediction
 
@@ -206,21 +206,16 @@ class PrivateEnsemble:
         self.owners = list(owners) if isinstance(owners, (list, tuple)) else owners
         self.input_shape, self.num_classes = check_owners(self.owners)
         self.aggregation = _checked(aggregation, Aggregation, "aggregation")
-        self.cluster_config = _checked(cluster, Cluster, "cluster")
+        self.cluster = _checked(cluster, Cluster, "cluster")
         self.batching = _checked(batching, Batching, "batching")
         self.experiment = _checked(experiment, ExperimentOptions, "experiment")
         self.offline = _checked(offline, Offline, "offline")
-        if self.offline.enabled and not self.cluster_config.needs_dealer:
-            raise ValueError("Offline precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
-        if self.offline.enabled and self.offline.batch_sizes[-1] > self.batching.max_rows:
-            raise ValueError(f"Offline.batch_sizes {self.offline.batch_sizes} has a size above Batching.max_rows = "
-                             f"{self.batching.max_rows}: no MPC batch that large ever runs")
-        if ledger is not None and not callable(getattr(ledger, "spend", None)):
-            raise TypeError(f"ledger must be a PrivacyLedger (with a spend() method), not {type(ledger).__name__}")
+        self.offline.check_against(self.cluster, self.batching)
+        self._admission = Admission(ledger, self.aggregation.noise)  # TypeError for a non-ledger
         self.ledger = ledger
         seed = self.experiment.share_seed
         self._share_rng = SecureRandom(seed=seed) if seed is not None else SecureRandom()
-        self._cluster = ServerCluster(self.cluster_config)
+        self._servers = ServerProcesses(self.cluster)
         self._scheduler = RequestScheduler(
             self._run_batch, self.batching, self.num_servers,
             pad_rows=self.offline.padded_rows if self.offline.enabled else None,
@@ -233,7 +228,12 @@ class PrivateEnsemble:
 
     @property
     def num_servers(self) -> int:
-        return self.cluster_config.num_servers
+        return self.cluster.num_servers
+
+    @property
+    def batches(self) -> int:
+        """MPC batches run so far (public; a refused call runs none)."""
+        return self._scheduler.batches_run
 
     @property
     def mechanism(self) -> Any:
@@ -250,21 +250,21 @@ class PrivateEnsemble:
         """Launch the servers and the dealer (again, after a failure); every owner sends fresh shares."""
         self._check_open()
         with self._lifecycle:
-            if self._cluster.running and self._loaded_launch == self._cluster.launches:
+            if self._servers.running and self._loaded_launch == self._servers.launches:
                 return self
-            self._cluster.start()
+            self._servers.start()
             per_server: list[list] = [[] for _ in range(self.num_servers)]
             for owner in self.owners:
                 for server, bundle in enumerate(owner.share(num_servers=self.num_servers, rng=self._share_rng)):
                     per_server[server].append(bundle)
-            settings = ServerSettings.of(aggregation=self.aggregation, cluster=self.cluster_config,
+            settings = ServerSettings.of(aggregation=self.aggregation, cluster=self.cluster,
                                          experiment=self.experiment)
-            self._cluster.request([Load(bundles=tuple(b), settings=settings, input_shape=self.input_shape)
+            self._servers.request([Load(bundles=tuple(b), settings=settings, input_shape=self.input_shape)
                                    for b in per_server])
             for rows in self.offline.batch_sizes:  # the offline phase, before any query of this launch runs
-                self.offline_costs.append(OfflineCost.of(self._cluster.broadcast(
+                self.offline_costs.append(OfflineCost.of(self._servers.broadcast(
                     Precompute(rows=rows, depth=self.offline.depth))))
-            self._loaded_launch = self._cluster.launches
+            self._loaded_launch = self._servers.launches
         return self
 
     def precompute(self, rows: int, *, batches: int = 1) -> OfflineCost:
@@ -279,10 +279,10 @@ class PrivateEnsemble:
         """
         rows = check_int(rows, name="rows", minimum=1, maximum=self.batching.max_rows)
         batches = check_int(batches, name="batches", minimum=1)
-        if not self.cluster_config.needs_dealer:
+        if not self.cluster.needs_dealer:
             raise ValueError("precomputation needs the dealer: use Cluster(provider='ttp') (the default)")
         self.start()
-        cost = OfflineCost.of(self._cluster.broadcast(Precompute(rows=rows, depth=batches)))
+        cost = OfflineCost.of(self._servers.broadcast(Precompute(rows=rows, depth=batches)))
         self.offline_costs.append(cost)
         return cost
 
@@ -305,15 +305,15 @@ class PrivateEnsemble:
             self.precompute(batch.shape[0])
         shares = Client("profile").share_queries(batch, num_servers=self.num_servers)
         begin = time.perf_counter()
-        replies = self._cluster.request([Profile(query_share=s) for s in shares])
+        replies = self._servers.request([Profile(query_share=s) for s in shares])
         wall = time.perf_counter() - begin
         return summarise_profile(replies, wall)
 
     def refill(self) -> list[OfflineCost]:
         """Top every stocked batch size back up to its depth (the scheduler does this when idle)."""
-        if self._closed or not self._cluster.running or self._loaded_launch != self._cluster.launches:
+        if self._closed or not self._servers.running or self._loaded_launch != self._servers.launches:
             return []
-        replies = self._cluster.broadcast(Refill())  # per server: one OfflineReply per size it topped up
+        replies = self._servers.broadcast(Refill())  # per server: one OfflineReply per size it topped up
         costs = [OfflineCost.of([server[i] for server in replies]) for i in range(len(replies[0]))]
         self.offline_costs.extend(costs)
         return costs
@@ -324,7 +324,7 @@ class PrivateEnsemble:
         try:
             self._scheduler.close()
         finally:
-            self._cluster.close(final=True)
+            self._servers.close(final=True)
         self._scheduler.join(timeout=30)
 
     def __enter__(self) -> "PrivateEnsemble":
@@ -334,13 +334,14 @@ class PrivateEnsemble:
         self.close()
 
     @property
-    def cluster(self) -> ServerCluster:
-        return self._cluster
+    def servers(self) -> ServerProcesses:
+        """The running server (and dealer) processes of library mode (``cluster`` is their config)."""
+        return self._servers
 
     def server_info(self) -> list[dict]:
         """Public facts each server reports about itself (pid, tuple provider, decode count, memory)."""
         self.start()
-        return self._cluster.broadcast(Info())
+        return self._servers.broadcast(Info())
 
     # -- the query path --
 
@@ -351,7 +352,7 @@ class PrivateEnsemble:
         reveal among themselves the answered bit of the first ``outcome_rows`` rows.
         """
         self.start()  # relaunches and reloads after a failure
-        return self._cluster.request([Predict(query_share=s, outcome_rows=int(outcome_rows)) for s in shares])
+        return self._servers.request([Predict(query_share=s, outcome_rows=int(outcome_rows)) for s in shares])
 
     def predict(self, queries: torch.Tensor | np.ndarray, *, client: Client | None = None) -> Prediction:
         """Private labels for a batch of queries, revealed to ``client`` only. Thread-safe.
@@ -373,13 +374,9 @@ class PrivateEnsemble:
             raise ValueError(f"the batch has {batch.shape[0]} queries, more than Batching.max_queries = "
                              f"{self.batching.max_queries}; split it into several calls")
         self._check_open()
-        spend = (
-            self.ledger.spend(client.name, self.mechanism, queries=batch.shape[0])
-            if self.ledger is not None else contextlib.nullcontext()
-        )
         # Entering reserves the budget (committed) or raises BudgetExceededError;
         # an exception inside rolls the reservation back: nothing was revealed.
-        with spend as reservation:
+        with self._admission.reserve(client.name, batch.shape[0]) as reservation:
             shares = client.share_queries(batch, num_servers=self.num_servers)
             future = self._scheduler.submit(shares, batch.shape[0])
             try:
@@ -560,12 +557,10 @@ class PrivateEnsemble:
         """One chunk of :meth:`label`: reserve (worst case), compute, confirm (the outcome), reveal."""
         start = time.perf_counter()
         rows = batch.shape[0]
-        if self.ledger is None:
-            spend = contextlib.nullcontext()
-        elif costs is not None:
+        if costs is not None:
             spend = self.ledger.spend_answered_only(client.name, costs, queries=rows)
         else:
-            spend = self.ledger.spend(client.name, self.mechanism, queries=rows)
+            spend = self._admission.reserve(client.name, rows)
         with spend as reservation:  # entering reserves (committed) or raises BudgetExceededError
             shares = client.share_queries(batch, num_servers=self.num_servers)
             future = self._scheduler.submit(shares, rows, outcome=costs is not None)

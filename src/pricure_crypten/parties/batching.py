@@ -31,7 +31,8 @@ from ..config import Batching
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import share_encoded
 from .serving.messages import BatchReply
-from .serving.packing import add_costs, gather, pack, pad_with_zeros, split_batch
+from .serving.packing import add_costs, gather, pack
+from .serving.pipeline import run_packed
 from .serving.results import ServerCost
 
 #: run_batch(query shares per server) -> one :class:`~.serving.messages.BatchReply` per server. For a
@@ -181,20 +182,20 @@ class RequestScheduler:
                 return
             if not batch:
                 continue
-            shares = [gather([r.shares[server][a:b] for r, a, b in batch]) for server in range(self.num_servers)]
-            if self._pad_rows is not None:
-                shares = pad_with_zeros(shares, self._pad_rows(shares[0].shape[0]), self._zero_shares)
             first, start, stop = batch[0]
+            # alone in its batch, its rows first: reveal only theirs
+            outcome_rows = stop - start if first.outcome else 0
             try:
-                if first.outcome:  # alone in its batch, its rows first: reveal only theirs
-                    replies = self._run_batch(shares, outcome_rows=stop - start)
-                else:
-                    replies = self._run_batch(shares)
+                replies, pieces = run_packed(
+                    [[share[a:b] for share in r.shares] for r, a, b in batch],
+                    lambda shares: self._run_batch(shares, outcome_rows=outcome_rows) if outcome_rows
+                    else self._run_batch(shares),
+                    padded_rows=self._pad_rows, zero_shares=self._zero_shares)
             except BaseException as error:  # noqa: BLE001 - handed to every request of the batch
                 self._fail([r for r, _, _ in batch], error)
                 continue
             self.batches_run += 1
-            self._deliver(batch, replies)
+            self._deliver(batch, replies, pieces)
 
     def _zero_shares(self, zeros: np.ndarray) -> list[np.ndarray]:
         """Fresh shares of zero (padding) rows, one per server."""
@@ -209,9 +210,8 @@ class RequestScheduler:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[BatchReply]) -> None:
-        for (request, start, stop), (label_shares, costs) in zip(batch, split_batch([b - a for _, a, b in batch],
-                                                                                     replies)):
+    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[BatchReply], pieces: list) -> None:
+        for (request, start, stop), (label_shares, costs) in zip(batch, pieces):
             request.parts.append(label_shares)
             request.costs = add_costs(request.costs, costs)
             if request.outcome:

@@ -1,6 +1,6 @@
 """The in-process launcher: N CrypTen server processes (and the dealer), their liveness, and routing.
 
-:class:`ServerCluster` starts the processes with the ``spawn`` start method,
+:class:`ServerProcesses` starts the processes with the ``spawn`` start method,
 so it works from a process that has already run torch (a notebook kernel, the
 demo); CrypTen's fork-based ``run_multiprocess`` deadlocks there. It lives in
 the calling process and only routes messages: it hands server ``i`` the
@@ -58,7 +58,7 @@ def _kill(processes: list[Any]) -> None:
             process.join(timeout=10)
 
 
-class ServerCluster:
+class ServerProcesses:
     """N >= 2 server processes plus, for the secure provider, a dealer process.
 
     Args:
@@ -94,7 +94,7 @@ class ServerCluster:
     def processes(self) -> list[Any]:
         return self._servers + ([self._dealer] if self._dealer is not None else [])
 
-    def start(self) -> "ServerCluster":
+    def start(self) -> "ServerProcesses":
         """Launch the servers (and the dealer) and wait until every server is ready."""
         with self._state_lock:
             if self._retired:
@@ -187,7 +187,7 @@ class ServerCluster:
                     self._tmpdir.cleanup()
                     self._tmpdir = None
 
-    def __enter__(self) -> "ServerCluster":
+    def __enter__(self) -> "ServerProcesses":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

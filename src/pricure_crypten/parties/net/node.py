@@ -28,8 +28,15 @@ Two threads share one :class:`Node`:
   computed; a refusal anywhere stops the request everywhere before any MPC
   work, and every reservation is rolled back; an id that has not reached
   every server within ``incomplete_after`` seconds is dropped everywhere.
-  Each decision is a function of the gathered votes, so all servers take
-  the same one. A client has at most ``max_client_requests`` pending
+  Each decision is a function of the gathered votes
+  (:func:`~pricure_crypten.parties.serving.admission.agree`), so all servers
+  take the same one. The packing, the padding up to an Offline batch size,
+  the split of the label shares and of the public costs are the serving
+  core's (:mod:`~pricure_crypten.parties.serving`), as in library mode; so
+  are the settings the owners' shares are loaded with (built from the same
+  config objects, :class:`NodeConfig`). With Offline batch sizes, every
+  server stocks their dealer tuples after each load and tops the stock up
+  on idle ticks (all servers in lockstep). A client has at most ``max_client_requests`` pending
   requests and ``max_client_rows`` pending rows per server (HTTP 429).
   A client may cancel its own request (:meth:`Node.cancel`): a server that
   has not yet voted to run it (no budget reserved) refuses it at its next
@@ -44,7 +51,10 @@ restarted peer, reloading the owners' shares from disk.
 
 Who sees what: this process holds one share of every model and query and
 one share of every label; the only thing it learns in the clear is public
-metadata (ids, row counts, shapes, client identities, votes).
+metadata (ids, row counts, shapes, client identities, votes, cost figures).
+A client receives with its label share this server's public cost figures
+for its request (rounds, bytes, seconds, decodes, dealer requests), from
+which :meth:`RemoteEnsemble.predict` builds the same ``Cost`` as library mode.
 """
 
 from __future__ import annotations
@@ -70,7 +80,8 @@ from ...config import Aggregation, Batching, Cluster, Offline
 from ...privacy.noise import NoNoise
 from ..serving.admission import OK, REFUSE, WAIT, Admission, Decision, Vote, agree
 from ..serving.messages import Load, Precompute, Predict, Refill, ServerSettings
-from ..serving.packing import gather, pack, pad_with_zeros, split_batch
+from ..serving.packing import pack
+from ..serving.pipeline import run_packed
 from ..serving.results import ServerCost
 from .credentials import CredentialTable
 from .wire import (MAX_BUNDLE_BYTES, MAX_QUERY_ROWS, REQUEST_ID, BundleLimits, ShapeError, TooManyRequests,
@@ -142,11 +153,7 @@ class NodeConfig:
                                 f"not {type(getattr(self, name)).__name__}")
         if not 0 <= self.rank < self.cluster.num_servers:
             raise ValueError(f"rank must be in [0, {self.cluster.num_servers}), got {self.rank}")
-        if self.offline.enabled and not self.cluster.needs_dealer:
-            raise ValueError("Offline precomputation needs the dealer: use the 'ttp' provider (the default)")
-        if self.offline.enabled and self.offline.batch_sizes[-1] > self.batching.max_rows:
-            raise ValueError(f"Offline.batch_sizes {self.offline.batch_sizes} has a size above the "
-                             f"{self.batching.max_rows} rows of an MPC batch: no batch that large ever runs")
+        self.offline.check_against(self.cluster, self.batching)
 
     @property
     def servers(self) -> int:
@@ -737,16 +744,16 @@ class Node:
         if not run:
             return
         with self.lock:
-            shares = [gather([self.pending[rid].share for rid, _ in run])]
-        rows = shares[0].shape[0]
+            parts = [[self.pending[rid].share] for rid, _ in run]
         # Padding up to a stocked size: this server's share of public zero rows is zero (their labels are dropped)
-        padded = pad_with_zeros(shares, self.config.offline.padded_rows(rows), lambda zeros: [zeros])
-        reply = state.predict(Predict(query_share=padded[0]))
+        (reply,), pieces = run_packed(parts, lambda shares: [state.predict(Predict(query_share=shares[0]))],
+                                      padded_rows=self.config.offline.padded_rows, zero_shares=lambda zeros: [zeros])
         if reply.decodes:
             raise RuntimeError(f"server {self.config.rank} decoded {reply.decodes} values (must be 0)")
-        for (rid, _), (label_shares, costs) in zip(run, split_batch([r for _, r in run], [reply])):
+        for (rid, _), (label_shares, costs) in zip(run, pieces):
             spends[rid].confirm()  # committed before the share is served
             self._finish(rid, "done", label_share=label_shares[0], cost=costs[0])
+        rows = sum(count for _, count in run)
         with self.lock:
             self.batches += 1
             self.totals["rows"] += rows
