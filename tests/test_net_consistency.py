@@ -41,7 +41,7 @@ A, B = "a" * 32, "b" * 32
 # -- the choice of versions and the store (no MPC) --
 
 def test_choose_versions_takes_per_owner_the_upload_every_server_holds():
-    from pricure_crypten.parties.net.node import choose_versions
+    from pricure_crypten.parties.net.store import choose_versions
 
     C = "c" * 32
     # x: the same current upload everywhere; y: new upload B on server 0 only (A kept there as previous);
@@ -63,7 +63,7 @@ def _bundle(label: int, rank: int = 0) -> bytes:
 
 
 def test_the_store_keeps_the_version_being_served_as_the_previous_one(tmp_path):
-    from pricure_crypten.parties.net.node import ModelStore
+    from pricure_crypten.parties.net.store import ModelStore
     from pricure_crypten.parties.net.wire import BundleLimits
 
     store = ModelStore(tmp_path / "models", BundleLimits())

@@ -366,7 +366,7 @@ def test_a_client_is_capped_in_pending_requests_and_rows_and_packing_is_round_ro
 
 
 def test_the_request_log_forgets_finished_ids_after_its_retention(tmp_path):
-    from pricure_crypten.parties.net.node import RequestLog
+    from pricure_crypten.parties.net.store import RequestLog
 
     log = RequestLog(tmp_path / "requests.sqlite3")
     for i in range(10):
