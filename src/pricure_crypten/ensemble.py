@@ -443,9 +443,11 @@ class PrivateEnsemble:
         clients' rows, and padding rows' bits are never opened. The client
         learns nothing more than in the conservative mode.
 
-        Networked mode: not available yet (``pricure serve`` deployments
-        answer :meth:`RemoteEnsemble.predict` calls only); it waits for the
-        planned serving-core refactor.
+        Networked mode: not available yet. ``pricure serve`` deployments
+        answer :meth:`RemoteEnsemble.predict` calls (Confident-GNMax included,
+        charged conservatively); the budget-driven chunking and the
+        answered-only charge (the servers' outcome reveal, ``Predict.outcome_rows``)
+        are not wired into the networked node.
 
         Raises (before any MPC work, nothing shared, nothing charged):
             TypeError / ValueError for a malformed pool, client, budget or
