@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Sequence
 
-from ._validation import AGGREGATIONS, MECHANISM_NAMES
+from ._validation import AGGREGATIONS, DEFAULT_LOGIT_BOUND, MECHANISM_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -207,8 +207,8 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--delta", type=_delta, default=None)
         _noise_flags(parser)
         parser.add_argument("--aggregation", choices=list(AGGREGATIONS), default="vote")
-        parser.add_argument("--logit-bound", type=float, default=None,
-                            help="the owners' logits are clamped to [-bound, bound] under MPC (default 16)")
+        parser.add_argument("--logit-bound", type=float, default=DEFAULT_LOGIT_BOUND,
+                            help="the owners' logits are clamped to [-bound, bound] under MPC, in (0, 128]")
         parser.add_argument("--colluding", type=_at_least(0, "--colluding"), default=0)
         parser.add_argument("--provider", choices=["ttp", "insecure-tfp"], default="ttp",
                             help="ttp: the separate dealer (secure, default); insecure-tfp: speed experiments only")
@@ -256,7 +256,7 @@ def _deployment_main(command: str, argv: list[str]) -> int:
 
         try:
             aggregation = Aggregation(method=args.aggregation, noise=_noise(parser, args),
-                                      **({} if args.logit_bound is None else {"logit_bound": args.logit_bound}))
+                                      logit_bound=args.logit_bound)
             cluster = Cluster(num_servers=args.servers, colluding=args.colluding, provider=args.provider,
                               threads_per_server=args.threads, request_timeout=args.timeout)
             config = NodeConfig(

@@ -223,7 +223,7 @@ class Node:
         self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
         self.admission = Admission(self.ledger, config.aggregation.noise)  # this server's own ledger
-        self.offline: list = []  # this server's OfflineReply figures, latest last (public)
+        self.offline_figures: list = []  # this server's OfflineReply figures, latest last (public)
 
     def _open_ledger(self, path: Path) -> Any:
         from ...privacy.accounting import PrivacyLedger
@@ -256,7 +256,7 @@ class Node:
                     "owners_quarantined": sorted(self.quarantined),
                     "connections": self.open_connections(),
                     "batches": self.batches, "totals": dict(self.totals),
-                    "offline": [dataclasses.asdict(r) for r in self.offline[-8:]],
+                    "offline": [dataclasses.asdict(r) for r in self.offline_figures[-8:]],
                     "settings": self.config.public_settings()}
 
     def model_status(self, owner: str) -> Optional[dict]:
@@ -676,8 +676,8 @@ class Node:
             replies = [state.precompute(Precompute(rows=rows, depth=self.config.offline.depth))
                        for rows in self.config.offline.batch_sizes]
         with self.lock:
-            self.offline.extend(replies)
-            del self.offline[:-64]  # the latest figures only (public)
+            self.offline_figures.extend(replies)
+            del self.offline_figures[:-64]  # the latest figures only (public)
 
     def fail_all(self, error: str) -> None:
         with self.lock:
