@@ -110,6 +110,68 @@ def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never
     assert result["status"] == "failed" and "label_share" not in result and "charged" in result["error"]
 
 
+class _Died(BaseException):
+    """Stands for the party process dying (SIGKILL, OOM killer, a segfault): no ``except Exception`` sees it."""
+
+
+class _OneServerDist:
+    """``all_gather_object`` as if every server sent what this one sends (identical servers)."""
+
+    @staticmethod
+    def all_gather_object(out: list, obj, group=None) -> None:
+        out[:] = [obj] * len(out)
+
+
+class _State:
+    """The MPC party's ``load``: records the owners loaded, or dies when asked to load ``dies_on``."""
+
+    def __init__(self, dies_on: str | None = None) -> None:
+        self.dies_on, self.loads = dies_on, []
+
+    def load(self, message) -> None:
+        owners = [b.owner for b in message.bundles]
+        if self.dies_on in owners:
+            raise _Died(self.dies_on)
+        self.loads.append(owners)
+
+
+def test_an_upload_the_party_died_loading_is_quarantined_after_the_restart_not_retried(tmp_path, monkeypatch):
+    """Issue 18, item 1: a stored bundle that kills the process while it loads (not an exception) must not
+    crash-loop the server. Before the fix the restarted node tried the same upload again (and died again).
+    (The one-owner build check needs an initialised CrypTen; it is a no-op here: these bundles build.)"""
+    from pricure_crypten.parties.net.node import DIED_LOADING, LOADING_MARKER, Node, NodeConfig
+
+    monkeypatch.setattr(Node, "_check_buildable", lambda self, bundle: None)
+
+    def node() -> Node:
+        return Node(NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
+                               data_dir=tmp_path / "d", certfile=None, keyfile=None))
+
+    def load(n: Node, state: _State) -> None:
+        holdings = n.models.holdings()
+        n._agree_and_load(state, _OneServerDist, None, [holdings, holdings], dict(n.loaded))
+
+    first = node()
+    first.models.put("good", A, _bundle(0))
+    load(first, state := _State())
+    assert state.loads == [["good"]] and first.loaded == [("good", A)]
+    assert not (tmp_path / "d" / LOADING_MARKER).exists()  # loaded and survived: no marker left
+    first.models.put("killer", B, _bundle(1))
+    with pytest.raises(_Died):
+        load(first, _State(dies_on="killer"))  # the process dies while loading both owners
+    # the restarted process (same data directory, nothing loaded yet) serves 'good' and quarantines 'killer'
+    second = node()
+    load(second, state := _State(dies_on="killer"))
+    assert state.loads == [["good"]] and second.loaded == [("good", A)]
+    assert second.quarantined == {"killer": {"upload_id": B, "reason": f"server 0: {DIED_LOADING}"}}
+    assert second.model_status("killer")["reason"].endswith(DIED_LOADING)  # the owner is told why
+    assert not (tmp_path / "d" / LOADING_MARKER).exists()
+    # a new upload by that owner is a new candidate (the quarantine is per upload), and loads
+    second.models.put("killer", "c" * 32, _bundle(1), keep=B)
+    load(second, state := _State())
+    assert state.loads[-1] == ["good", "killer"] and "killer" not in second.quarantined
+
+
 # -- live deployment --
 
 def _put_one(d: Deployment, rank: int, owner: str, data: bytes, upload_id: str) -> None:

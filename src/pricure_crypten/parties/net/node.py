@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -224,6 +225,12 @@ class Node:
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
         self.admission = Admission(self.ledger, config.aggregation.noise)  # this server's own ledger
         self.offline_figures: list = []  # this server's OfflineReply figures, latest last (public)
+        self._loading_marker = data / LOADING_MARKER
+        self.died_loading = _read_loading_marker(self._loading_marker)
+        if self.died_loading:
+            logger.error("the previous party process died while building or loading the uploads %s: they are "
+                         "voted unusable (quarantined on every server)",
+                         ", ".join(f"{o}/{u}" for o, u in sorted(self.died_loading)))
 
     def _open_ledger(self, path: Path) -> Any:
         from ...privacy.accounting import PrivacyLedger
@@ -599,15 +606,21 @@ class Node:
         """
         wanted = sorted(choose_versions(holdings, loaded).items())
         found = self.models.load(wanted)
+        # Until this agreement is over, a marker on disk names the uploads this process is about to build or
+        # load for the first time: should it die meanwhile (a signal, the OOM killer, a crash in native code),
+        # the restarted process votes them unusable instead of dying on them again (no restart loop).
+        _write_loading_marker(self._loading_marker, [(o, u) for o, u in wanted if (o, u) not in self.loaded])
         mine = {}
-        for owner, _ in wanted:
+        for owner, upload_id in wanted:
             item = found.get(owner)
             if item is None:
                 mine[owner] = "missing"
             elif isinstance(item, str):
                 mine[owner] = f"server {self.config.rank}: {item}"
+            elif (owner, upload_id) in self.died_loading:
+                mine[owner] = f"server {self.config.rank}: {DIED_LOADING}"
             else:
-                problem = (None if (owner, _) in self.loaded  # built and served already
+                problem = (None if (owner, upload_id) in self.loaded  # built and served already
                            else self._check_buildable(item))
                 mine[owner] = "ok" if problem is None else f"server {self.config.rank}: {problem}"
         votes: list = [None] * self.config.servers
@@ -660,6 +673,7 @@ class Node:
             if not missing:  # else retried at the next due load (a version vanished while being read)
                 self.considered = after
             self._next_load_try = time.monotonic() + 1.0
+        self._loading_marker.unlink(missing_ok=True)  # this process survived building and loading them
 
     def _load(self, state: Any, wanted: list[tuple[str, str]], bundles: list[Any]) -> None:
         meta = next(iter(self.models.meta().values()), None)  # every stored model takes the same input shape
@@ -684,6 +698,31 @@ class Node:
             ids = [r for r, p in self.pending.items() if p.status == "pending"]
         for rid in ids:
             self._finish(rid, "failed", error=error)
+
+
+LOADING_MARKER = "loading.json"
+DIED_LOADING = "the server's party process died while building or loading this upload (a signal or a crash)"
+
+
+def _write_loading_marker(path: Path, uploads: list[tuple[str, str]]) -> None:
+    """Atomically record the uploads about to be built or loaded for the first time (nothing to record: no file)."""
+    if not uploads:
+        path.unlink(missing_ok=True)
+        return
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps([list(u) for u in uploads]))
+    os.replace(partial, path)
+
+
+def _read_loading_marker(path: Path) -> set[tuple[str, str]]:
+    """The uploads a previous process of this server died on (empty if it did not die while loading)."""
+    try:
+        return {(str(o), str(u)) for o, u in json.loads(path.read_text())}
+    except FileNotFoundError:
+        return set()
+    except (ValueError, TypeError) as error:  # a torn or foreign file: nothing to quarantine, say so
+        logger.warning("ignored an unreadable %s: %s", path, error)
+        return set()
 
 
 def _watchdog(what: str, wait: float, message: str) -> None:
