@@ -57,8 +57,8 @@ README_FEATURES = 30
 def _arch(name: str, num_classes: int = 2) -> dict[str, Any]:
     if name == "readme_mlp":
         return {"name": "mlp", "in_features": README_FEATURES, "num_classes": num_classes, "hidden": [16]}
-    if name == "mlp16":  # a 28x28 image flattened, one hidden layer of 16 (benchmarks.mpcsim's default)
-        return {"name": "mlp", "in_features": 28 * 28, "num_classes": num_classes, "hidden": [16]}
+    if name.startswith("mlp") and name[3:].isdigit():  # mlp16: a 28x28 image flattened, one hidden layer of 16
+        return {"name": "mlp", "in_features": 28 * 28, "num_classes": num_classes, "hidden": [int(name[3:])]}
     return {"name": name, "in_channels": 1, "image_size": 28, "num_classes": num_classes}
 
 
