@@ -1,8 +1,9 @@
 """PATE-scale cost: K = 250 stacked owners on 10-class 28x28 images, N = 2 and 3, dealer on-line and from stock.
 
 ``python -m benchmarks.k250 [--quick] [--out docs/results]`` writes
-``k250-cost.csv`` (one row per configuration) and ``k250-cost.json`` (the
-command, commit, date, machine, notes and the rows); ``python -m
+``k250-cost.csv`` (one row per configuration) and ``k250-cost.json`` (per
+run: the command, commit, date, machine; the notes and the rows, each naming
+its run; ``--append`` adds a run to the files); ``python -m
 benchmarks.run --suite k250`` runs the same points inside the suite runner.
 Points, each one ensemble measured by :func:`benchmarks.perf.run_configuration`
 (one warm-up batch, then ``--repeats`` batches with the dealer on-line and
@@ -25,6 +26,7 @@ peaks are ``VmHWM`` of each server (largest, and each) and of the dealer.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -50,23 +52,23 @@ EPSILON = 0.1  # per query, Gaussian at delta 1e-5: sigma 43.5 (PATE 2018's GNMa
 
 
 def points(*, quick: bool, archs: Sequence[str] = ARCHS, owners: int = OWNERS, batch: int = BATCH,
-           servers: Sequence[int] = (2, 3)) -> list[tuple[str, int, int, int]]:
+           servers: Sequence[int] = (2, 3), k1: bool = True) -> list[tuple[str, int, int, int]]:
     """The configurations ``(arch, K, N, batch)``, in the order they are run."""
     if quick:
         return [("mlp16", 3, 2, 2)]
     chosen = archs[0]
-    out = [(arch, owners, 2, batch) for arch in archs]
+    out = [(arch, owners, 2, batch) for arch in archs] if 2 in servers else []
     out += [(chosen, owners, n, batch) for n in servers if n != 2]
-    out += [(arch, 1, 2, batch) for arch in archs]
+    out += [(arch, 1, 2, batch) for arch in archs] if k1 else []
     return out
 
 
 def k250_suite(*, quick: bool, seed: int, repeats: int, archs: Sequence[str] = ARCHS, owners: int = OWNERS,
-               batch: int = BATCH, servers: Sequence[int] = (2, 3), epsilon: float = EPSILON,
+               batch: int = BATCH, servers: Sequence[int] = (2, 3), epsilon: float = EPSILON, k1: bool = True,
                ) -> Iterator[dict[str, Any]]:
     """One row per point of :func:`points` (a failed point: its ``error`` says why, figures empty)."""
     noise = calibrate(epsilon=epsilon, delta=1e-5, mechanism="gaussian")
-    for arch, k, n, rows in points(quick=quick, archs=archs, owners=owners, batch=batch, servers=servers):
+    for arch, k, n, rows in points(quick=quick, archs=archs, owners=owners, batch=batch, servers=servers, k1=k1):
         model = build_model(_arch(arch, NUM_CLASSES))
         elements = nonlinear_elements(model, IMAGE)
         cluster = Cluster(num_servers=n, threads_per_server=1, start_timeout=1800.0, request_timeout=3600.0)
@@ -88,7 +90,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="zoo names or mlp16; the first is the chosen teacher (default: %(default)s)")
     parser.add_argument("--owners", type=int, default=OWNERS)
     parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--servers", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--servers", type=int, nargs="+", default=[2, 3],
+                        help="N = 2 runs every arch, other N the first arch only (default: %(default)s)")
+    parser.add_argument("--no-k1", dest="k1", action="store_false", help="skip the K = 1 points")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows (and commands) already in k250-cost.csv/json and add these")
     parser.add_argument("--repeats", type=int, default=1, help="measured batches per mode (default: 1)")
     parser.add_argument("--epsilon", type=float, default=EPSILON, help="per-query epsilon (Gaussian, delta 1e-5)")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,12 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["command"] = "python -m benchmarks.k250" + "".join(f" {a}" for a in argv)
     begin = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    if args.append and (args.out / "k250-cost.json").exists():
+        earlier = json.loads((args.out / "k250-cost.json").read_text())
+        rows, runs = earlier["rows"], earlier["runs"]
+    run = {"command": env["command"], "git_commit": commit, "git_dirty": None if status is None else bool(status),
+           "environment": env}
+    runs.append(run)
     suite = k250_suite(quick=args.quick, seed=args.seed, repeats=args.repeats, archs=args.archs, owners=args.owners,
-                       batch=args.batch, servers=args.servers, epsilon=args.epsilon)
+                       batch=args.batch, servers=args.servers, epsilon=args.epsilon, k1=args.k1)
     meta: dict[str, Any] = {
         "title": "Cost of private prediction at PATE scale (K stacked owners, 10 classes, 28x28)",
-        "command": env["command"], "git_commit": commit, "git_dirty": None if status is None else bool(status),
-        "environment": env,
+        "runs": runs,
         "notes": ("Untrained seeded owners (cost does not depend on the weights); vote aggregation, Gaussian noise; "
                   "one ensemble per row: a warm-up batch, then `repeats` batches with the dealer on-line (live_*) "
                   "and `repeats` batches from stock (precomputed_*: the online phase; precomputed_offline_*: "
@@ -122,14 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "stock)."),
     }
     for row in suite:
-        rows.append(row)
+        rows.append({**row, "run": len(runs) - 1})
         write_csv(rows, args.out / "k250-cost.csv")
         print(f"k250: {row['arch']} K={row['owners']} N={row['servers']}: {row['error'] or 'done'}", flush=True)
-        meta.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    machine=(f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-                             f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} now), one host, loopback; "
-                             f"{time.perf_counter() - begin:.0f} s wall so far"),
-                    rows=rows)
+        run.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                   machine=(f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
+                            f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} now), one host, loopback; "
+                            f"{time.perf_counter() - begin:.0f} s wall so far"))
+        meta["rows"] = rows
         write_json(meta, args.out / "k250-cost.json")
     return 0 if all(not r["error"] for r in rows) else 1
 
