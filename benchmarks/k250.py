@@ -48,6 +48,25 @@ NUM_CLASSES = 10
 ARCHS = ("coarse_cnn", "mlp16", "hybrid_cnn")
 OWNERS = 250
 BATCH = 32
+#: What a table of k250-cost shows (see docs/results/README.md).
+COLUMNS = [
+    {"column": "arch", "header": "owners' model"},
+    {"column": "owners", "header": "K", "format": "d"},
+    {"column": "servers", "header": "N", "format": "d"},
+    {"column": "batch", "header": "batch", "format": "d"},
+    {"column": "relu_per_query", "header": "ReLU/query", "format": "d"},
+    {"column": "live_rounds_per_batch", "header": "rounds, dealer on-line", "format": "d"},
+    {"column": "precomputed_rounds_per_batch", "header": "rounds, from stock", "format": "d"},
+    {"column": "live_bytes_per_query", "header": "MB/query, dealer on-line", "format": ".3g", "scale": 1e-6},
+    {"column": "precomputed_bytes_per_query", "header": "MB/query, from stock", "format": ".3g", "scale": 1e-6},
+    {"column": "live_seconds_per_query", "header": "s/query, dealer on-line", "format": ".2g"},
+    {"column": "precomputed_seconds_per_query", "header": "s/query, from stock", "format": ".2g"},
+    {"column": "precomputed_offline_seconds_per_batch", "header": "offline s/batch", "format": ".2g"},
+    {"column": "precomputed_offline_bytes_per_query", "header": "offline MB/query", "format": ".3g", "scale": 1e-6},
+    {"column": "precomputed_stock_mib_per_query", "header": "stock MiB/query/server", "format": ".3g"},
+    {"column": "server_peaks_mib", "header": "peak MiB per server"},
+    {"column": "dealer_peak_mib", "header": "dealer peak MiB", "format": ".0f"},
+]
 EPSILON = 0.1  # per query, Gaussian at delta 1e-5: sigma 43.5 (PATE 2018's GNMax on MNIST: 40)
 
 
@@ -122,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        batch=args.batch, servers=args.servers, epsilon=args.epsilon, k1=args.k1)
     meta: dict[str, Any] = {
         "title": "Cost of private prediction at PATE scale (K stacked owners, 10 classes, 28x28)",
-        "runs": runs,
+        "command": " && ".join(r["command"] for r in runs),
+        "runs": runs, "columns": COLUMNS,
         "notes": ("Untrained seeded owners (cost does not depend on the weights); vote aggregation, Gaussian noise; "
                   "one ensemble per row: a warm-up batch, then `repeats` batches with the dealer on-line (live_*) "
                   "and `repeats` batches from stock (precomputed_*: the online phase; precomputed_offline_*: "
