@@ -26,7 +26,7 @@ rows) and ``k250-teachers.md`` to ``--out``. ``--quick``: 2 owners of
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import math
 import sys
 import time
@@ -64,6 +64,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--shift", type=int, default=2, help="random translation in pixels (training augmentation)")
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render", action="store_true",
+                   help="train nothing: join the K = 250 cost of k250-cost.csv in --out into the k250-teachers "
+                        "files already there (after `python -m benchmarks.k250`)")
     return p.parse_args(argv)
 
 
@@ -82,6 +85,17 @@ def _cost(out: Path) -> dict[str, dict[str, Any]]:
         return {}
     return {r["arch"]: r for r in read_csv(path) if r.get("servers") == 2 and r.get("owners") == 250
             and not r.get("error")}
+
+
+COST_COLUMNS = ("live_rounds_per_batch", "precomputed_rounds_per_batch", "live_bytes_per_query",
+                "precomputed_bytes_per_query", "live_seconds_per_query", "precomputed_seconds_per_query", "batch")
+
+
+def join_cost(row: dict[str, Any], cost: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``row`` with the K = 250, N = 2 cost of its architecture (``k250_*`` columns; empty when not measured)."""
+    measured = cost.get(row["arch"], {})
+    return {**{k: v for k, v in row.items() if not k.startswith("k250_")},
+            **{f"k250_{k}": measured.get(k) for k in COST_COLUMNS}}
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -110,7 +124,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         vote = reference.noisy_argmax(counts, aggregation="vote", mechanism=calibrate(epsilon=math.inf))
         elements = nonlinear_elements(build_model(arch), dataset.input_shape)
         low, high = interval(accuracies)
-        c = cost.get(name, {})
         row = {
             "arch": name, "owners_evaluated": len(parts), "shard_size": int(np.mean([len(p) for p in parts])),
             "test_size": len(test_y), "shift": args.shift, "epochs_max": epochs,
@@ -122,12 +135,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "relu_per_owner": elements["relu"], "square_per_owner": elements["square"],
             "relu_per_query_k250": 250 * elements["relu"], "params": parameter_count(build_model(arch)),
             "train_seconds_per_owner": seconds,
-            **{f"k250_{k}": c.get(k) for k in ("live_rounds_per_batch", "precomputed_rounds_per_batch",
-                                               "live_bytes_per_query", "precomputed_bytes_per_query",
-                                               "live_seconds_per_query", "precomputed_seconds_per_query",
-                                               "batch")},
         }
-        rows.append(row)
+        rows.append(join_cost(row, cost))
         print(f"teachers: {name}: owner accuracy {row['owner_accuracy_mean']:.3f} [{low:.3f}, {high:.3f}], "
               f"vote {row['vote_accuracy_evaluated_owners']:.3f}, {seconds:.1f} s/owner", flush=True)
     return rows
@@ -156,6 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        meta = json.loads((args.out / "k250-teachers.json").read_text())
+        rows = [join_cost(row, _cost(args.out)) for row in meta["rows"]]
+        meta.update(rows=rows, rendered_with="python -m benchmarks.teachers" + "".join(f" {a}" for a in argv))
+        write_csv(rows, args.out / "k250-teachers.csv")
+        write_json(meta, args.out / "k250-teachers.json")
+        (args.out / "k250-teachers.md").write_text(markdown(rows))
+        print(markdown(rows))
+        return 0
     begin = time.perf_counter()
     rows = run(args)
     env = environment(argv)
