@@ -3,7 +3,7 @@
 Independent reference: the owner's converted layers evaluated in float64 (torch.nn.functional directly, not the
 module's helpers) on the 2**-16 grid, with every truncating layer's output (Linear, Conv2d, AvgPool2d, Square)
 moved by an error of at most ``num_servers`` units of 2**-16, as the bound assumes the servers' truncations do:
-the same sign everywhere (both signs) and 200 random sign patterns per query. The largest logit deviation found
+the same sign everywhere (both signs) and 30 random sign patterns. The largest logit deviation found
 must stay within the bound, and the bound must not be loose by orders of magnitude on inputs where the Square
 amplifies (so that an implementation ignoring the amplification, ``error + unit`` at the Square, fails: the
 deviation found then exceeds it; checked below). Without queries a Square owner still gets an infinite bound.
@@ -59,12 +59,13 @@ def _perturbed_logits(model: nn.Sequential, x: torch.Tensor, signs) -> torch.Ten
     return x
 
 
+@torch.no_grad()
 def _worst_deviation(model: nn.Sequential, queries: torch.Tensor) -> float:
     generator = torch.Generator().manual_seed(0)
     exact = _perturbed_logits(model, queries, lambda shape: torch.zeros(shape, dtype=torch.float64))
     worst = 0.0
     patterns = [lambda shape: torch.ones(shape, dtype=torch.float64), lambda shape: -torch.ones(shape, dtype=torch.float64)]
-    patterns += [lambda shape: (torch.randint(0, 2, shape, generator=generator) * 2 - 1).double()] * 200
+    patterns += [lambda shape: (torch.randint(0, 2, shape, generator=generator) * 2 - 1).double()] * 30
     for signs in patterns:
         worst = max(worst, float((_perturbed_logits(model, queries, signs) - exact).abs().max()))
     return worst
@@ -73,7 +74,7 @@ def _worst_deviation(model: nn.Sequential, queries: torch.Tensor) -> float:
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_square_bound_covers_every_perturbation_found(scale: float) -> None:
     queries = scale * torch.rand(8, 1, 10, 10, generator=torch.Generator().manual_seed(1))
-    owners = [_owner(seed) for seed in range(3)]
+    owners = [_owner(seed) for seed in range(2)]
     bound = truncation_error_bound(owners, num_servers=2, queries=queries)
     worst = max(_worst_deviation(o.model, queries) for o in owners)
     assert math.isfinite(bound) and 0 < worst <= bound, (worst, bound)
