@@ -156,7 +156,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"{f(r['owner_accuracy_max'], '.3f')} | {f(r['vote_accuracy_evaluated_owners'], '.3f')} | "
             f"{r['relu_per_owner']} | {r['square_per_owner']} | {r['relu_per_query_k250']} | {r['params']} | "
             f"{f(r['k250_live_rounds_per_batch'], '.0f')}, {f(r['k250_precomputed_rounds_per_batch'], '.0f')} | "
-            f"{f(r['k250_live_bytes_per_query'], '.3g', 1e-6)}, {f(r['k250_precomputed_bytes_per_query'], '.3g', 1e-6)} | "
+            f"{f(r['k250_live_bytes_per_query'], '.3g', 1e-6)}, "
+            f"{f(r['k250_precomputed_bytes_per_query'], '.3g', 1e-6)} | "
             f"{f(r['k250_live_seconds_per_query'], '.3g')}, {f(r['k250_precomputed_seconds_per_query'], '.3g')} |")
     return "\n".join(lines) + "\n"
 

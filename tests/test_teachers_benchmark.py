@@ -4,7 +4,8 @@ shards, 8 epochs, 500 test images).
 Checks what can fail: one row per architecture, shards of 240 images (60,000 / 250), the 95% interval recomputed
 independently from the per-owner accuracies (Student t with n - 1 degrees of freedom, scipy), the mean inside
 it, accuracies above chance (1/10; the bound 0.2 is more than 7 binomial standard deviations of 500 test
-images above it, and 8 epochs on 240 images give 0.3 and more; a broken label or shard pairing gives about 0.1), and the nonlinear counts and parameters of the two architectures counted by hand.
+images above it, and 8 epochs on 240 images give 0.3 and more; a broken label or shard pairing gives about 0.1),
+and the nonlinear counts and parameters of the two architectures counted by hand.
 Skipped when MNIST (``../shared/data/mnist/mnist.npz``) is absent.
 """
 

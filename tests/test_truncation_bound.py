@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,7 +63,8 @@ def _worst_deviation(model: nn.Sequential, queries: torch.Tensor) -> float:
     generator = torch.Generator().manual_seed(0)
     exact = _perturbed_logits(model, queries, lambda shape: torch.zeros(shape, dtype=torch.float64))
     worst = 0.0
-    patterns = [lambda shape: torch.ones(shape, dtype=torch.float64), lambda shape: -torch.ones(shape, dtype=torch.float64)]
+    patterns = [lambda shape: torch.ones(shape, dtype=torch.float64),
+                lambda shape: -torch.ones(shape, dtype=torch.float64)]
     patterns += [lambda shape: (torch.randint(0, 2, shape, generator=generator) * 2 - 1).double()] * 30
     for signs in patterns:
         worst = max(worst, float((_perturbed_logits(model, queries, signs) - exact).abs().max()))
