@@ -393,7 +393,7 @@ def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_pa
 
     import httpx
 
-    from pricure_crypten.experiments.deployment import free_port
+    from pricure_crypten.experiments.launch import free_port
     from pricure_crypten.parties.net.app import start_front_door
     from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from pricure_crypten import Aggregation, Batching, ModelOwner, Offline, PrivateEnsemble, calibrate
 from pricure_crypten.experiments import reference
-from tests.mpc_harness import run_parties
+from pricure_crypten.experiments.launch import run_parties
 
 pytestmark = pytest.mark.mpc
 
