@@ -2,8 +2,8 @@
 
 Every party is started by its real command (``pricure serve`` / ``pricure dealer``) on its own
 loopback address (127.0.0.2, ...) by the launcher (``pricure_crypten.experiments.launch``); K owners
-upload through the front door; C concurrent clients (threads, each its own credential) send Q queries in batches; the labels are compared with
-``PrivateEnsemble`` in process. Prints one JSON object.
+upload through the front door; C concurrent clients (threads, each its own credential) send Q
+queries in batches; the labels are compared with ``PrivateEnsemble`` in process. Prints one JSON object.
 
     python -m benchmarks.deployment --servers 2 --owners 10 --clients 4 --queries 1000 --batch 25
 """

@@ -9,8 +9,8 @@ Tie rules checked here (and documented in :mod:`pricure_crypten.mpc.aggregation`
 * the released label is the argmax of the histogram, exact ties to the lowest index.
 
 Everything runs in two real CrypTen parties with a TTP dealer
-(:func:`pricure_crypten.experiments.launch.run_parties`), one harness start for the whole module (~15 s). C = 2 and 10 take the pairwise argmax, C = 13 the
-tournament (``PAIRWISE_MAX_CLASSES``); ``top`` (Confident-GNMax) and the softmax histogram are
+(:func:`pricure_crypten.experiments.launch.run_parties`), one harness start for the whole
+module (~15 s). C = 2 and 10 take the pairwise argmax, C = 13 the tournament (``PAIRWISE_MAX_CLASSES``); ``top`` (Confident-GNMax) and the softmax histogram are
 checked on the same logits.
 """
 
