@@ -29,11 +29,22 @@ from torch import nn
 from pricure_crypten import ModelOwner
 
 DEPLOYMENT = {"test_deployment", "test_net_attacks", "test_net_consistency", "test_netns"}
-# tests not marked mpc that start a process (a fresh interpreter, a CLI run): the mpc tier, not the fast one
+# tests not marked mpc that start a process (a fresh interpreter, a CLI run, a killed writer): the mpc tier.
+# Found by the check below (a fast test that starts a process fails and names this list).
+SPAWNING_MODULES = {"test_exposure_benchmark", "test_utility_benchmark", "test_readme_tables"}
 SPAWNS = {
-    "test_imports.py::test_budget_cli_never_loads_crypten",
+    "test_filter.py::test_process_killed_inside_an_answered_only_spend_keeps_the_worst_case",
+    "test_imports.py::test_budget_command_and_accounting_never_load_crypten",
+    "test_imports.py::test_importing_the_package_then_crypten_works_on_this_torch",
+    "test_ledger.py::test_sigkill_between_reserve_and_confirm_keeps_the_reservation",
+    "test_ledger.py::test_sigkill_mid_stream_never_under_counts",
+    "test_ledger.py::test_two_processes_at_the_budget_edge_do_not_both_succeed",
+    "test_ledger.py::test_void_stale_reservations_keeps_live_reservations",
+    "test_ledger.py::test_void_stale_reservations_treats_a_zombie_and_a_reused_pid_as_stopped",
+    "test_ledger.py::test_void_stale_reservations_voids_a_killed_process_reservation_audited",
+    "test_net_hardening.py::test_the_query_command_names_a_missing_token_file",
+    "test_net_hardening.py::test_the_supervisor_restarts_a_party_killed_by_a_signal_and_stops_only_when_asked",
 }
-SPAWNING_MODULES: set[str] = set()
 TIERS = ("fast", "mpc", "deployment")
 TIER = pytest.StashKey[str]()
 

@@ -264,7 +264,7 @@ def test_a_killed_dealer_fails_the_request_cleanly_and_a_restarted_one_serves_ag
 
 def test_demo_with_every_party_its_own_process_prints_the_usual_json_plus_deployment():
     out = pricure("demo", "--deployment", "processes", "--json", "--owners", "3", "--queries", "10",
-                  "--batch-size", "5", "--epsilon", "inf", timeout=300)
+                  "--batch-size", "5", "--epsilon", "inf", timeout=1200)
     result = json.loads(out.stdout)
     assert result["deployment"] == "processes" and result["servers"] == 2
     assert result["private_equals_plaintext"] == 1.0 and result["server_decodes"] == 0
