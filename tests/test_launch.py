@@ -21,12 +21,14 @@ from pricure_crypten.experiments.launch import Deployment, Loopback, Namespaces
     (lambda: Namespaces(subnet="8.8.8"), ValueError, "private"),
     (lambda: Namespaces(subnet="127.0.0"), ValueError, "private, non-loopback"),
     (lambda: Namespaces(subnet="10.1"), ValueError, "three octets"),
-    (lambda: Deployment(servers=1), ValueError, "servers must be an integer >= 2"),
-    (lambda: Deployment(servers=2, topology="loopback"), TypeError, "topology must be Loopback or Namespaces"),
-    (lambda: Deployment(servers=2, wait=0), ValueError, "wait must be a positive finite"),
-    (lambda: Deployment(servers=2, server_wait=float("inf")), ValueError, "server_wait"),
-    (lambda: Deployment(servers=2, ready_bound=-1), ValueError, "ready_bound"),
-    (lambda: Deployment(servers=3, server_flags=[[], []]), ValueError, "one list per server"),
+    (lambda: Deployment(servers=1, clients=["c"]), ValueError, "servers must be an integer >= 2"),
+    (lambda: Deployment(servers=2, clients=["c"], topology="loopback"), TypeError,
+     "topology must be Loopback or Namespaces"),
+    (lambda: Deployment(servers=2, clients=["c"], wait=0), ValueError, "wait must be a positive finite"),
+    (lambda: Deployment(servers=2, clients=["c"], server_wait=float("inf")), ValueError, "server_wait"),
+    (lambda: Deployment(servers=2, clients=["c"], ready_bound=-1), ValueError, "ready_bound"),
+    (lambda: Deployment(servers=3, clients=["c"], server_flags=[[], []]), ValueError, "one list per server"),
+    (lambda: Deployment(servers=2), ValueError, "at least one owner or client"),
     (lambda: Deployment(servers=2, owners=["x"], clients=["x"]), ValueError, "distinct"),
 ])
 def test_bad_settings_are_refused_before_anything_is_created(make, error, match):
@@ -83,7 +85,7 @@ def test_generous_default_bounds():
     # machine-speed-independent defaults: a loaded 2-core machine must not time a party out at the rendezvous
     from pricure_crypten.experiments.launch import READY_BOUND, WAIT
 
-    d = Deployment(servers=2)
+    d = Deployment(servers=2, owners=["o"])
     try:
         assert d.wait == d.server_wait == WAIT >= 120 and d.ready_bound == READY_BOUND >= 300
     finally:

@@ -36,8 +36,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding pricure
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment, plus ``extra``; from a checkout (not an installed package), ``src/`` on PYTHONPATH so
+    that every party runs the same source as the caller."""
     env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    if not {"site-packages", "dist-packages"} & set(PACKAGE_ROOT.parts):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -94,6 +97,8 @@ class Deployment:
         if len(server_flags) != servers:
             raise ValueError(f"server_flags must hold one list per server ({servers}), got {len(server_flags)}")
         names = [*owners, *clients]
+        if not names:
+            raise ValueError("a deployment needs at least one owner or client (a token reads the servers' health)")
         if len(set(names)) != len(names):
             raise ValueError(f"owner and client names must be distinct, got {names}")
         self.n = servers
@@ -247,7 +252,7 @@ class Deployment:
         """Server ``rank``'s detailed health (with any credential), or None if it does not answer."""
         import httpx
 
-        who = next(iter(self.tokens), None)
+        who = next(iter(self.tokens))  # the detailed health needs a credential, any one
 
         def get() -> dict | None:
             try:
