@@ -66,9 +66,7 @@ def main() -> None:
                     serve_flags=["--epsilon", "inf", "--max-batch", "256"]) as d:
         result["start_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for owner in ks:
-            d.upload(owner)
-        d.wait_ready(len(ks))
+        d.upload_all(ks)
         result["upload_seconds"] = time.perf_counter() - t0
         labels = np.full(args.queries, -2)
         errors = []

@@ -115,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         d.__enter__()
         result["start_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for owner in owners:
-            d.upload(owner)
-        d.wait_ready(len(owners))
+        d.upload_all(owners)
         result["upload_seconds"] = time.perf_counter() - t0
         unlimited = _phase(d, x, chunks, args.clients)
         result["tcp_bits_per_second_s1_to_s0_unlimited"] = d.network.tcp_throughput("s1", "s0", megabytes=200)

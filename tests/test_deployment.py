@@ -70,9 +70,7 @@ def noisy(tmp_path_factory, owners):
                     serve_flags=[*TEST_FLAGS, "--epsilon", "1", "--mechanism", "laplace"],
                     server_flags=[["--budget-epsilon", "1000"], ["--budget-epsilon", "1000"], ["--budget-epsilon", "250"]],
                     topology=Loopback(first=4), root=tmp_path_factory.mktemp("deployB")) as d:
-        for owner in owners:
-            d.upload(owner)
-        d.wait_ready(owners=3)
+        d.upload_all(owners)
         yield d
 
 

@@ -51,9 +51,7 @@ def deployment(tmp_path_factory, owners):
                                  "--max-connections", str(MAX_CONNECTIONS), "--max-client-requests", str(CLIENT_CAP),
                                  "--max-batch", "64"],
                     topology=Loopback(first=8), root=tmp_path_factory.mktemp("attacks")) as d:
-        for owner in owners:
-            d.upload(owner)
-        d.wait_ready(owners=3)
+        d.upload_all(owners)
         yield d
 
 

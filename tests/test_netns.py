@@ -50,9 +50,7 @@ def netns(owners):
         with Deployment(servers=2, owners=[o.name for o in owners], clients=["alice"], topology=Namespaces(),
                         server_wait=SERVER_WAIT,
                         serve_flags=["--epsilon", "inf", "--timeout", "10", "--incomplete-after", "5"]) as d:
-            for owner in owners:
-                d.upload(owner)
-            d.wait_ready(owners=3)
+            d.upload_all(owners)
             yield d
     finally:
         assert namespace_names() == before, "a network namespace was left behind"

@@ -161,9 +161,7 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
     labels, costs = [], []
     with Deployment(servers=config.cluster.num_servers, owners=[o.name for o in owners],
                     clients=["demo-client"], serve_flags=flags) as deployment:
-        for owner in owners:
-            deployment.upload(owner)
-        deployment.wait_ready(len(owners))
+        deployment.upload_all(owners)
         with deployment.remote("demo-client") as remote:
             for start in range(0, config.queries, config.batch_size):
                 began = time.perf_counter()

@@ -291,6 +291,12 @@ class Deployment:
 
         self.call(upload_model, owner, servers=self.urls, credential=self.tokens[owner.name], ca=self.ca)
 
+    def upload_all(self, owners: Sequence[Any]) -> list[dict]:
+        """Every owner uploads (:meth:`upload`); then every server's health once all have loaded them."""
+        for owner in owners:
+            self.upload(owner)
+        return self.wait_ready(len(owners))
+
     def remote(self, client: str, timeout: float = 600.0) -> Any:
         """A RemoteEnsemble for ``client``. With namespaces, use it only inside :meth:`call`/:meth:`submit`."""
         from ...parties.net.remote import RemoteEnsemble
