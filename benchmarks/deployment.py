@@ -1,9 +1,9 @@
 """The networked deployment against the in-process path: same labels at epsilon = inf, seconds and bytes.
 
 Every party is started by its real command (``pricure serve`` / ``pricure dealer``) on its own
-loopback address (127.0.0.2, ...); K owners upload through the front door; C concurrent clients
-(threads, each its own credential) send Q queries in batches; the labels are compared with
-``PrivateEnsemble`` in process. Prints one JSON object.
+loopback address (127.0.0.2, ...) by the launcher (``pricure_crypten.experiments.launch``); K owners
+upload through the front door; C concurrent clients (threads, each its own credential) send Q
+queries in batches; the labels are compared with ``PrivateEnsemble`` in process. Prints one JSON object.
 
     python -m benchmarks.deployment --servers 2 --owners 10 --clients 4 --queries 1000 --batch 25
 """
@@ -22,7 +22,7 @@ from torch import nn
 from pricure_crypten import ModelOwner, PrivateEnsemble
 from pricure_crypten.config import Aggregation, Cluster
 from pricure_crypten.privacy.noise import calibrate
-from pricure_crypten.experiments.deployment import ProcessDeployment
+from pricure_crypten.experiments.launch import Deployment
 
 FEATURES, CLASSES = 64, 10
 
@@ -61,14 +61,12 @@ def main() -> None:
     result = {"servers": args.servers, "owners": args.owners, "clients": args.clients, "queries": args.queries,
               "batch": args.batch, "deployment": "processes"}
     t0 = time.perf_counter()
-    with ProcessDeployment(servers=args.servers, owners=[o.name for o in ks],
-                           clients=[f"client{c}" for c in range(args.clients)],
-                           serve_flags=["--epsilon", "inf", "--max-batch", "256"]) as d:
+    with Deployment(servers=args.servers, owners=[o.name for o in ks],
+                    clients=[f"client{c}" for c in range(args.clients)],
+                    serve_flags=["--epsilon", "inf", "--max-batch", "256"]) as d:
         result["start_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for owner in ks:
-            d.upload(owner)
-        d.wait_ready(len(ks))
+        d.upload_all(ks)
         result["upload_seconds"] = time.perf_counter() - t0
         labels = np.full(args.queries, -2)
         errors = []

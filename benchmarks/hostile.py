@@ -1,7 +1,7 @@
 """``python -m benchmarks.hostile``: faults and attacks on a running deployment, and what each party saw.
 
 One deployment (``pricure serve`` x2 + ``pricure dealer``, each its own
-process on 127.0.0.x, as :class:`~pricure_crypten.experiments.deployment.ProcessDeployment`
+process on 127.0.0.x, as :class:`~pricure_crypten.experiments.launch.Deployment`
 starts them; Laplace votes at epsilon 1, no budget limit, ``--header-timeout 3``,
 ``--incomplete-after 3``, ``--max-client-requests 8``, ``--max-batch 64``),
 three honest owners (MLPs 6-8-3). Throughout, an honest client ("bob") asks
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
-from pricure_crypten.experiments.deployment import ProcessDeployment
+from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteError, withdraw_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 
@@ -121,7 +121,7 @@ def _poisoned(owner: ModelOwner, rank: int) -> bytes:
 class Honest:
     """Bob: 2-row predictions in a loop; every call's (start, end, error or None)."""
 
-    def __init__(self, d: ProcessDeployment) -> None:
+    def __init__(self, d: Deployment) -> None:
         self.d, self.calls, self.stop = d, [], threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -163,10 +163,10 @@ class Honest:
         return text
 
 
-def _party(d: ProcessDeployment, rank: int) -> int:
+def _party(d: Deployment, rank: int) -> int:
     import psutil
 
-    children = psutil.Process(d.processes[rank].pid).children()
+    children = psutil.Process(d.processes[f"server{rank}"].pid).children()
     return children[0].pid
 
 
@@ -177,7 +177,7 @@ def _hwm_mib(pid: int) -> float:
     return float("nan")
 
 
-def _http(d: ProcessDeployment, rank: int, who: str) -> Any:
+def _http(d: Deployment, rank: int, who: str) -> Any:
     import httpx
 
     token = d.tokens[who].read_text().strip()
@@ -185,8 +185,8 @@ def _http(d: ProcessDeployment, rank: int, who: str) -> Any:
                         verify=ssl.create_default_context(cafile=str(d.ca)))
 
 
-def _charged(d: ProcessDeployment, who: str) -> str:
-    states = [d.budget(rank, who) for rank in range(2)]
+def _charged(d: Deployment, who: str) -> str:
+    states = [d.status(rank, who) for rank in range(2)]
     spent = [f"{s.answered_queries} answered, {s.reserved_queries} reserved" for s in states]
     return "nothing" if all(s.answered_queries == 0 and s.reserved_queries == 0 for s in states) else \
         "; ".join(f"server {i}: {t}" for i, t in enumerate(spent))
@@ -201,7 +201,7 @@ def _wait(condition: Callable[[], bool], bound: float = 120.0) -> bool:
     return False
 
 
-def run(d: ProcessDeployment, owners: list[ModelOwner], bob: Honest, quick: bool) -> list[dict[str, Any]]:
+def run(d: Deployment, owners: list[ModelOwner], bob: Honest, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     time.sleep(3.0)
     baseline = statistics.median(c[1] - c[0] for c in bob.calls if c[2] is None)
@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     owners = _owners()
     flags = ["--epsilon", "1", "--header-timeout", str(HEADER_TIMEOUT), "--incomplete-after", str(INCOMPLETE),
              "--max-client-requests", str(CLIENT_CAP), "--max-batch", "64", "--wait", "60", "--timeout", "30"]
-    with ProcessDeployment(servers=2, owners=[o.name for o in owners] + ["evil"],
+    with Deployment(servers=2, owners=[o.name for o in owners] + ["evil"],
                            clients=["bob", "mallory", "carol"], serve_flags=flags) as d:
         for owner in owners:
             d.upload(owner)

@@ -1,6 +1,24 @@
-"""Shared fixtures: small owners trained on scikit-learn's digits (offline, seconds)."""
+"""Test tiers (assigned here, centrally) and shared fixtures (small owners trained on scikit-learn's digits).
+
+Tiers, run in this order by one ``pytest`` invocation (fast failures first):
+
+* ``fast``: unit tests that start no process at all (checked: a fast test that starts a
+  subprocess or a multiprocessing process fails with a message naming this file);
+* ``mpc``: tests marked ``mpc`` in their module (CrypTen parties in spawned processes, the
+  in-process cluster, the benchmark smoke runs, notebooks) or listed in ``SPAWNS`` below
+  (a fresh interpreter, e.g. import checks);
+* ``deployment``: the modules in ``DEPLOYMENT`` (every party its own ``pricure`` process,
+  started by :mod:`pricure_crypten.experiments.launch`).
+
+``pytest -m fast`` runs the unit tier alone (about 2 minutes); ``pytest -m "not deployment"``
+leaves out the networked deployments.
+"""
 
 from __future__ import annotations
+
+import multiprocessing.process
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +27,74 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from pricure_crypten import ModelOwner
+
+DEPLOYMENT = {"test_deployment", "test_net_attacks", "test_net_consistency", "test_netns"}
+# tests not marked mpc that start a process (a fresh interpreter, a CLI run, a killed writer): the mpc tier.
+# Found by the check below (a fast test that starts a process fails and names this list).
+SPAWNING_MODULES = {"test_exposure_benchmark", "test_utility_benchmark", "test_readme_tables"}
+SPAWNS = {
+    "test_filter.py::test_process_killed_inside_an_answered_only_spend_keeps_the_worst_case",
+    "test_imports.py::test_budget_command_and_accounting_never_load_crypten",
+    "test_imports.py::test_importing_the_package_then_crypten_works_on_this_torch",
+    "test_ledger.py::test_sigkill_between_reserve_and_confirm_keeps_the_reservation",
+    "test_ledger.py::test_sigkill_mid_stream_never_under_counts",
+    "test_ledger.py::test_two_processes_at_the_budget_edge_do_not_both_succeed",
+    "test_ledger.py::test_void_stale_reservations_keeps_live_reservations",
+    "test_ledger.py::test_void_stale_reservations_treats_a_zombie_and_a_reused_pid_as_stopped",
+    "test_ledger.py::test_void_stale_reservations_voids_a_killed_process_reservation_audited",
+    "test_net_hardening.py::test_the_query_command_names_a_missing_token_file",
+    "test_net_hardening.py::test_the_supervisor_restarts_a_party_killed_by_a_signal_and_stops_only_when_asked",
+}
+TIERS = ("fast", "mpc", "deployment")
+TIER = pytest.StashKey[str]()
+
+
+def _tier(item: pytest.Item) -> str:
+    module = item.path.stem
+    if module in DEPLOYMENT:
+        return "deployment"
+    if item.get_closest_marker("mpc") or module in SPAWNING_MODULES or \
+            item.nodeid.split("[")[0].removeprefix("tests/") in SPAWNS:
+        return "mpc"
+    return "fast"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier(item)
+        item.stash[TIER] = tier
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
+    items.sort(key=lambda item: TIERS.index(item.stash[TIER]))  # stable: file order within a tier
+
+
+_ORIGINAL = {(subprocess.Popen, "_execute_child"): subprocess.Popen._execute_child,
+             (multiprocessing.process.BaseProcess, "start"): multiprocessing.process.BaseProcess.start,
+             (os, "fork"): os.fork}
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a fast-tier test started a process ({what}): list it in SPAWNS in tests/conftest.py "
+                             "(or mark it mpc)")
+    return refuse
+
+
+def _forbid_processes(forbid: bool) -> None:
+    for (owner, name), original in _ORIGINAL.items():
+        setattr(owner, name, _refuse(f"{getattr(owner, '__name__', owner)}.{name}") if forbid else original)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The fast tier's promise, checked: while fast tests (and their fixtures) run, starting a subprocess,
+    a multiprocessing process or a fork fails."""
+    _forbid_processes(item.stash.get(TIER, None) == "fast")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _forbid_processes(False)
 
 
 def _mlp():

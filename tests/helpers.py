@@ -24,6 +24,86 @@ def run_fresh_python(code: str, timeout: float = 600) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def mlp_owners(count: int, *, features: int, classes: int, hidden=(8,), seed: int = 0, names: str = "owner{}",
+               reseed: bool = True, scale: tuple[float, float] | None = None) -> list:
+    """The tests' one factory of untrained MLP owners (features -> hidden... -> classes, ReLU between).
+
+    ``hidden`` is one tuple for every owner or a list of one tuple per owner (``()``: a single linear layer).
+    Owner i is built after ``torch.manual_seed(seed + i)`` (``reseed``) or all after one ``manual_seed(seed)``;
+    ``scale=(w, b)`` multiplies the last layer's weight by w and its bias by b (clear vote margins).
+    Names: ``names.format(i)``.
+    """
+    import torch
+    from torch import nn
+
+    from pricure_crypten import ModelOwner
+
+    shapes = list(hidden) if isinstance(hidden, list) else [tuple(hidden)] * count
+    assert len(shapes) == count, "hidden: one tuple, or one per owner"
+    if not reseed:
+        torch.manual_seed(seed)
+    owners = []
+    for i, widths in enumerate(shapes):
+        if reseed:
+            torch.manual_seed(seed + i)
+        sizes = [features, *widths, classes]
+        layers: list = []
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        model = nn.Sequential(*layers[:-1])
+        if scale is not None:
+            with torch.no_grad():
+                model[-1].weight.mul_(scale[0])
+                model[-1].bias.mul_(scale[1])
+        owners.append(ModelOwner(name=names.format(i), model=model, input_shape=(features,), num_classes=classes))
+    return owners
+
+
+def deployment_owners() -> list:
+    """The deployment tests' three owners on 6 features, 3 classes: two 6-8-3 MLPs and one 6-5-5-3."""
+    return mlp_owners(3, features=6, classes=3, hidden=[(8,), (8,), (5, 5)], seed=7)
+
+
+def gaussian_queries(rows: int, features: int, seed: int = 0):
+    """``rows`` standard-normal query rows of ``features`` features (numpy, seeded)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).normal(size=(rows, features))
+
+
+def argmax_owners(count: int, num_classes: int = 5) -> list:
+    """Owners that all compute label = argmax(x) on x in R^num_classes (an identity layer): the ensemble's
+    answer to a query is known in advance, so any row given to the wrong client shows."""
+    import torch
+    from torch import nn
+
+    from pricure_crypten import ModelOwner
+
+    owners = []
+    for i in range(count):
+        layer = nn.Linear(num_classes, num_classes)
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(num_classes))
+            layer.bias.zero_()
+        owners.append(ModelOwner(name=f"o{i}", model=nn.Sequential(layer), input_shape=(num_classes,),
+                                 num_classes=num_classes))
+    return owners
+
+
+def argmax_queries(client: int, call: int, rows: int, num_classes: int = 5):
+    """Queries for :func:`argmax_owners`, as (x, expected labels): client ``client``'s call ``call``, row r with
+    its maximum at (client * 7 + call * 3 + r * (client + 1)) % num_classes, a sequence that differs between
+    any two clients (and calls)."""
+    import numpy as np
+    import torch
+
+    labels = (client * 7 + call * 3 + np.arange(rows) * (client + 1)) % num_classes
+    x = torch.full((rows, num_classes), -1.0)
+    x[torch.arange(rows), torch.from_numpy(labels)] = 2.0
+    x += 0.01 * client  # a client-specific offset, so even equal labels come from different rows
+    return x, labels
+
+
 def constant_owners(votes: list[int], num_classes: int) -> list:
     """Owners whose logits do not depend on the query: owner i always votes ``votes[i]``
     (fixed owner outputs, for distribution tests of the noisy aggregation)."""

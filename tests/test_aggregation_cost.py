@@ -8,9 +8,9 @@ Tie rules checked here (and documented in :mod:`pricure_crypten.mpc.aggregation`
   (so ``[L, 3L]`` is a tie at L and votes 0, although the raw argmax is 1);
 * the released label is the argmax of the histogram, exact ties to the lowest index.
 
-Everything runs in two real CrypTen parties with a TTP dealer (``tests/mpc_harness.py``), one
-harness start for the whole module (~15 s). C = 2 and 10 take the pairwise argmax, C = 13 the
-tournament (``PAIRWISE_MAX_CLASSES``); ``top`` (Confident-GNMax) and the softmax histogram are
+Everything runs in two real CrypTen parties with a TTP dealer
+(:func:`pricure_crypten.experiments.launch.run_parties`), one harness start for the whole
+module (~15 s). C = 2 and 10 take the pairwise argmax, C = 13 the tournament (``PAIRWISE_MAX_CLASSES``); ``top`` (Confident-GNMax) and the softmax histogram are
 checked on the same logits.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.mpc_harness import run_parties
+from pricure_crypten.experiments.launch import run_parties
 
 pytestmark = pytest.mark.mpc
 

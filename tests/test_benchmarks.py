@@ -14,10 +14,9 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-
-from benchmarks.grid import QUICK
 
 pytestmark = pytest.mark.mpc
 
@@ -62,6 +61,12 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _grid(out: Path) -> SimpleNamespace:
+    """The grid the run used, as it recorded it in environment.json (the test does not import benchmarks)."""
+    grid = json.loads((out / "environment.json").read_text())["run"]["grid"]
+    return SimpleNamespace(**{k: tuple(v) if isinstance(v, list) else v for k, v in grid.items()})
+
+
 def _rows(out: Path, suite: str) -> list[dict[str, str]]:
     with open(out / f"{suite}.csv", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -92,16 +97,19 @@ def test_figures_are_finite_and_no_point_failed(quick_run: Path, suite: str) -> 
 
 
 def test_one_row_per_point(quick_run: Path) -> None:
+    QUICK = _grid(quick_run)
+    assert json.loads((quick_run / "environment.json").read_text())["run"]["quick"] is True
     assert [int(r["owners"]) for r in _rows(quick_run, "owners")] == list(QUICK.owners)
     assert [int(r["servers"]) for r in _rows(quick_run, "servers")] == list(QUICK.servers)
     assert [int(r["batch"]) for r in _rows(quick_run, "batch")] == sorted(QUICK.batches)
     privacy = _rows(quick_run, "privacy")
     points = [(r["dataset"], r["aggregation"], r["mechanism"], float(r["epsilon"])) for r in privacy]
-    assert points == [(d, a, m, e) for d in QUICK.datasets for a in QUICK.aggregations
+    assert points == [(d, a, m, float(e)) for d in QUICK.datasets for a in QUICK.aggregations  # "inf" in the JSON
                       for m in QUICK.mechanisms for e in QUICK.epsilons]
 
 
 def test_batched_rounds_flat_naive_rounds_grow(quick_run: Path) -> None:
+    QUICK = _grid(quick_run)
     rows = _rows(quick_run, "owners")
     batched = {int(r["owners"]): int(r["batched_rounds_per_batch"]) for r in rows}
     assert len(set(batched.values())) == 1, batched

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pricure_crypten import (
     Aggregation,
@@ -31,13 +30,11 @@ from pricure_crypten import (
     PrivateEnsemble,
     calibrate,
 )
-from tests.helpers import cli_exit_code
+from tests.helpers import cli_exit_code, mlp_owners
 
 
 def _owners(count: int = 1) -> list[ModelOwner]:
-    torch.manual_seed(0)
-    return [ModelOwner(name=f"m{i}", model=nn.Sequential(nn.Linear(6, 3)), input_shape=(6,), num_classes=3)
-            for i in range(count)]
+    return mlp_owners(count, features=6, classes=3, hidden=(), names="m{}", reseed=False)
 
 
 GNMAX = dict(threshold=3, sigma_threshold=1, sigma=1)

@@ -1,6 +1,7 @@
 """The networked deployment, with every party started by its real command on its own loopback address.
 
-Two deployments, each started once per module (``python -m pricure_crypten
+Two deployments, each started once per module by the library's launcher
+(:class:`pricure_crypten.experiments.launch.Deployment`: ``python -m pricure_crypten
 serve|dealer``, i.e. ``pricure serve|dealer``, in their own sessions):
 
 * A: 2 servers (127.0.0.2, 127.0.0.3) + dealer, epsilon = inf: the round
@@ -20,194 +21,57 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import ssl
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
-from pricure_crypten.experiments.deployment import free_port
-from pricure_crypten.parties.net.remote import RemoteEnsemble, RemoteError, upload_model
+from pricure_crypten.experiments.launch import Deployment, Loopback, free_port, pricure
+from pricure_crypten.parties.net.remote import RemoteError, upload_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
+from tests.helpers import deployment_owners, gaussian_queries
 
 pytestmark = pytest.mark.mpc
 
-REPO = Path(__file__).resolve().parents[1]
 FEATURES, CLASSES = 6, 3
-START_BOUND = 90.0  # seconds for a deployment to come up on 2 busy cores
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
-def pricure(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run one ``pricure`` command to completion."""
-    out = subprocess.run([sys.executable, "-m", "pricure_crypten", *args], env=_env(), capture_output=True,
-                         text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"pricure {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-def _owners() -> list[ModelOwner]:
-    owners = []
-    for i in range(3):
-        torch.manual_seed(7 + i)
-        if i < 2:
-            model = nn.Sequential(nn.Linear(FEATURES, 8), nn.ReLU(), nn.Linear(8, CLASSES))
-        else:
-            model = nn.Sequential(nn.Linear(FEATURES, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, CLASSES))
-        owners.append(ModelOwner(name=f"owner{i}", model=model, input_shape=(FEATURES,), num_classes=CLASSES))
-    return owners
-
-
-class Deployment:
-    """N servers and the dealer, each started by its own ``pricure`` command (own session)."""
-
-    def __init__(self, root: Path, hosts: list[str], server_flags: list[list[str]], common: list[str], *,
-                 extra_clients: list[str] = (), extra_owners: list[str] = ()) -> None:
-        self.root, self.hosts, self.n = root, hosts, len(hosts)
-        self.server_flags, self.common = server_flags, common
-        self.rendezvous = f"tcp://{hosts[0]}:{free_port(hosts[0])}"
-        self.ports = [free_port(h) for h in hosts]
-        self.urls = [f"{h}:{p}" for h, p in zip(hosts, self.ports)]
-        self.ca = root / "ca" / "ca.pem"
-        self.processes: dict[str, subprocess.Popen] = {}
-        pricure("admin", "ca", "--out", str(root / "ca"))
-        for rank, host in enumerate(hosts):
-            pricure("admin", "cert", "--ca", str(root / "ca"), "--host", host, "--out", str(root / f"s{rank}"))
-        dirs = [arg for rank in range(self.n) for arg in ("--data-dir", str(root / f"d{rank}"))]
-        self.tokens = {}
-        people = [("client", n) for n in ("alice", "bob", "carol", *extra_clients)]
-        people += [("owner", n) for n in dict.fromkeys([f"owner{i}" for i in range(3)] + list(extra_owners))]
-        for role, name in people:
-            self.tokens[name] = root / f"{name}.token"
-            pricure("admin", "add", "--role", role, "--id", name, "--token-file", str(self.tokens[name]), *dirs)
-
-    def serve_args(self, rank: int) -> list[str]:
-        return ["serve", "--rank", str(rank), "--servers", str(self.n), "--rendezvous", self.rendezvous,
-                "--listen", self.urls[rank], "--data-dir", str(self.root / f"d{rank}"),
-                "--cert", str(self.root / f"s{rank}" / "server.pem"), "--key", str(self.root / f"s{rank}" / "server.key"),
-                "--wait", "60", "--timeout", "30", *self.common, *self.server_flags[rank]]
-
-    def start(self, name: str, args: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen([sys.executable, "-m", "pricure_crypten", *args], env=_env(),
-                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def start_all(self) -> None:
-        # deliberately out of order: the last server first, the dealer in the middle, server 0 last
-        for rank in reversed(range(1, self.n)):
-            self.start(f"server{rank}", self.serve_args(rank))
-        self.start("dealer", ["dealer", "--servers", str(self.n), "--rendezvous", self.rendezvous, "--wait", "60"])
-        self.start("server0", self.serve_args(0))
-
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name, None)
-        if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its party child
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
-
-    def close(self) -> None:
-        for name in list(self.processes):
-            self.kill(name)
-
-    def health(self, rank: int) -> dict | None:
-        try:
-            return httpx.get(f"https://{self.urls[rank]}/v1/health", verify=self.tls(), timeout=2,
-                             headers={"Authorization": f"Bearer {self.tokens['alice'].read_text().strip()}"}).json()
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def wait_ready(self, owners: int = 0, bound: float = START_BOUND) -> None:
-        deadline = time.monotonic() + bound
-        while time.monotonic() < deadline:
-            states = [self.health(r) for r in range(self.n)]
-            if all(s and s["mpc"] == "ready" and len(s["owners_loaded"]) >= owners for s in states):
-                return
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
-            time.sleep(0.2)
-        raise AssertionError("the deployment did not come up:\n" + "\n".join(self.log(n) for n in self.processes))
-
-    def tls(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def http(self, rank: int, who: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.tokens[who].read_text().strip()}"} if who else {}
-        return httpx.Client(base_url=f"https://{self.urls[rank]}", verify=self.tls(), headers=headers, timeout=10)
-
-    def remote(self, who: str, timeout: float = 60) -> RemoteEnsemble:
-        return RemoteEnsemble(servers=self.urls, credential=self.tokens[who], ca=self.ca, timeout=timeout)
-
-    def status(self, rank: int, client: str):
-        from pricure_crypten.privacy.accounting import PrivacyLedger
-
-        with PrivacyLedger(self.root / f"d{rank}" / "ledger.sqlite3", total_epsilon=float("inf"),
-                           read_only=True, record_policy=False) as ledger:
-            return ledger.status(client)
+TEST_FLAGS = ["--timeout", "30"]  # the servers' collective timeout: a killed peer is noticed within it
 
 
 @pytest.fixture(scope="module")
 def owners():
-    return _owners()
+    return deployment_owners()
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory, owners):
-    """Deployment A: 2 servers, epsilon = inf, small upload limit, quick drop of incomplete requests."""
-    d = Deployment(tmp_path_factory.mktemp("deployA"), ["127.0.0.2", "127.0.0.3"], [[], []],
-                   ["--epsilon", "inf", "--incomplete-after", "2", "--max-upload-mb", "0.05"])
-    try:
-        d.start_all()
-        d.wait_ready()
+    """Deployment A: 2 servers, epsilon = inf, small upload limit, quick drop of incomplete requests; the
+    CA, certificates and tokens made with the ``pricure admin`` commands."""
+    with Deployment(servers=2, owners=[o.name for o in owners], clients=["alice", "bob", "carol"],
+                    serve_flags=[*TEST_FLAGS, "--epsilon", "inf", "--incomplete-after", "2", "--max-upload-mb", "0.05"],
+                    root=tmp_path_factory.mktemp("deployA"), admin_cli=True) as d:
         # owner0 with the real command; the others with the Python API
         model_file = d.root / "owner0.pt"
         torch.save(owners[0].model, model_file)
         pricure("owner", "upload", str(model_file), "--input-shape", str(FEATURES), "--classes", str(CLASSES),
                 "--servers", ",".join(d.urls), "--token-file", str(d.tokens["owner0"]), "--ca", str(d.ca))
         for owner in owners[1:]:
-            upload_model(owner, servers=d.urls, credential=d.tokens[owner.name], ca=d.ca)
+            d.upload(owner)
         d.wait_ready(owners=3)
         yield d
-    finally:
-        d.close()
 
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory, owners):
     """Deployment B: 3 servers, Laplace epsilon 1; server 2 grants each client a total epsilon of 250 only."""
-    d = Deployment(tmp_path_factory.mktemp("deployB"), ["127.0.0.4", "127.0.0.5", "127.0.0.6"],
-                   [["--budget-epsilon", "1000"], ["--budget-epsilon", "1000"], ["--budget-epsilon", "250"]],
-                   ["--epsilon", "1", "--mechanism", "laplace"])
-    try:
-        d.start_all()
-        d.wait_ready()
-        for owner in owners:
-            upload_model(owner, servers=d.urls, credential=d.tokens[owner.name], ca=d.ca)
-        d.wait_ready(owners=3)
+    with Deployment(servers=3, owners=[o.name for o in owners], clients=["alice", "bob", "carol"],
+                    serve_flags=[*TEST_FLAGS, "--epsilon", "1", "--mechanism", "laplace"],
+                    server_flags=[["--budget-epsilon", "1000"], ["--budget-epsilon", "1000"], ["--budget-epsilon", "250"]],
+                    topology=Loopback(first=4), root=tmp_path_factory.mktemp("deployB")) as d:
+        d.upload_all(owners)
         yield d
-    finally:
-        d.close()
 
 
 def _settled(deployment: Deployment, ranks, client: str, answered: list[int], bound: float = 20.0) -> None:
@@ -225,16 +89,12 @@ def _settled(deployment: Deployment, ranks, client: str, answered: list[int], bo
         time.sleep(0.2)
 
 
-def _queries(rows: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(rows, FEATURES))
-
-
 def test_round_trip_equals_the_in_process_path(plain, owners):
     from pricure_crypten import PrivateEnsemble
     from pricure_crypten.config import Aggregation
     from pricure_crypten.privacy.noise import calibrate
 
-    x = _queries(24)
+    x = gaussian_queries(24, FEATURES)
     with plain.remote("alice") as remote:
         networked = remote.predict(x).labels
     with PrivateEnsemble(owners, aggregation=Aggregation(noise=calibrate(epsilon=float("inf")))) as ensemble:
@@ -266,10 +126,10 @@ def test_no_or_wrong_credential_is_refused_before_any_work(plain):
 
 def test_replayed_request_id_and_another_clients_result_are_refused(plain):
     with plain.remote("alice") as alice:
-        rid = alice.submit(_queries(2))
+        rid = alice.submit(gaussian_queries(2, FEATURES))
         alice.collect(rid)
         with pytest.raises(RemoteError, match="already used"):
-            alice.submit(_queries(2), request_id=rid)
+            alice.submit(gaussian_queries(2, FEATURES), request_id=rid)
     with plain.http(0, "bob") as bob:
         assert bob.get(f"/v1/queries/{rid}").status_code == 404  # indistinguishable from an unknown id
     assert plain.status(0, "bob").answered_queries == 0
@@ -324,7 +184,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_running(plain, owners
         assert owner2.put("/v1/model", content=data).status_code == 400  # no upload id
     assert plain.health(0)["mpc"] == "ready" and len(plain.health(0)["owners_loaded"]) == 3
     with plain.remote("carol") as carol:  # still answers
-        assert carol.predict(_queries(3)).labels.shape == (3,)
+        assert carol.predict(gaussian_queries(3, FEATURES)).labels.shape == (3,)
 
 
 def test_a_request_missing_on_one_server_is_dropped_everywhere(plain):
@@ -344,9 +204,9 @@ def test_a_request_missing_on_one_server_is_dropped_everywhere(plain):
 
 def test_a_refusal_by_one_servers_ledger_stops_the_request_for_all(noisy):
     with noisy.remote("bob") as bob:
-        assert bob.predict(_queries(150)).labels.shape == (150,)  # 150 of server 2's 250
+        assert bob.predict(gaussian_queries(150, FEATURES)).labels.shape == (150,)  # 150 of server 2's 250
         with pytest.raises(RemoteError, match="over budget on server 2"):
-            bob.predict(_queries(150))
+            bob.predict(gaussian_queries(150, FEATURES))
     # the servers settle the refusal concurrently: the client may read the refuser's answer first
     _settled(noisy, range(3), "bob", [150, 150, 150])
 
@@ -354,7 +214,7 @@ def test_a_refusal_by_one_servers_ledger_stops_the_request_for_all(noisy):
 def test_a_killed_server_fails_the_request_cleanly_and_recovers_from_disk(noisy):
     answered = [noisy.status(r, "alice").answered_queries for r in range(3)]
     with noisy.remote("alice", timeout=60) as alice:
-        rid = alice.submit(_queries(200, seed=3))
+        rid = alice.submit(gaussian_queries(200, FEATURES, seed=3))
         noisy.kill("server1")
         started = time.monotonic()
         with pytest.raises(RemoteError) as failure:
@@ -364,18 +224,18 @@ def test_a_killed_server_fails_the_request_cleanly_and_recovers_from_disk(noisy)
     print(f"kill server 1 mid-request: client error after {detected:.1f} s: {failure.value}")
     _settled(noisy, (0, 2), "alice", answered)  # nothing charged on the survivors (the killed one voids on restart)
     restarted = time.monotonic()
-    noisy.start("server1", noisy.serve_args(1))  # the same command, no new upload
+    noisy.start("server1")  # the same command, no new upload
     noisy.wait_ready(owners=3)
     assert noisy.status(1, "alice").reserved_queries == 0
     with noisy.remote("alice") as alice:
-        assert alice.predict(_queries(4)).labels.shape == (4,)
+        assert alice.predict(gaussian_queries(4, FEATURES)).labels.shape == (4,)
     print(f"server 1 restarted with pricure serve: answering again {time.monotonic() - restarted:.1f} s later")
 
 
 def test_a_killed_dealer_fails_the_request_cleanly_and_a_restarted_one_serves_again(noisy):
     answered = [noisy.status(r, "carol").answered_queries for r in range(3)]
     with noisy.remote("carol", timeout=60) as carol:
-        rid = carol.submit(_queries(200, seed=4))
+        rid = carol.submit(gaussian_queries(200, FEATURES, seed=4))
         noisy.kill("dealer")
         started = time.monotonic()
         try:
@@ -387,21 +247,21 @@ def test_a_killed_dealer_fails_the_request_cleanly_and_a_restarted_one_serves_ag
     if not finished_first:
         _settled(noisy, range(3), "carol", answered)
     restarted = time.monotonic()
-    noisy.start("dealer", ["dealer", "--servers", "3", "--rendezvous", noisy.rendezvous, "--wait", "60"])
+    noisy.start("dealer")
     noisy.wait_ready(owners=3)
     with noisy.remote("carol") as carol:
         if finished_first:  # idle servers notice a dead dealer only at their next request, which then fails
             with pytest.raises(RemoteError):
-                carol.predict(_queries(3))
+                carol.predict(gaussian_queries(3, FEATURES))
             time.sleep(1.0)
             noisy.wait_ready(owners=3)
-        assert carol.predict(_queries(3)).labels.shape == (3,)
+        assert carol.predict(gaussian_queries(3, FEATURES)).labels.shape == (3,)
     print(f"dealer restarted with pricure dealer: answering again {time.monotonic() - restarted:.1f} s later")
 
 
 def test_demo_with_every_party_its_own_process_prints_the_usual_json_plus_deployment():
     out = pricure("demo", "--deployment", "processes", "--json", "--owners", "3", "--queries", "10",
-                  "--batch-size", "5", "--epsilon", "inf", timeout=300)
+                  "--batch-size", "5", "--epsilon", "inf", timeout=1200)
     result = json.loads(out.stdout)
     assert result["deployment"] == "processes" and result["servers"] == 2
     assert result["private_equals_plaintext"] == 1.0 and result["server_decodes"] == 0

@@ -227,3 +227,31 @@ def test_the_serving_check_would_catch_a_transport_or_a_mode(tmp_path):
     found = _serving_violations(probe)
     assert any("imports httpx" in v for v in found) and any("parties.net.node" in v for v in found)
     assert not any("messages" in v for v in found)
+
+
+def _test_imports_of(path: Path) -> list[tuple[str, int]]:
+    """(module, line) for every import in a test file of ``benchmarks`` or of ANOTHER test module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        for name in names:
+            top = name.split(".")
+            if top[0] == "benchmarks" or (top[0] == "tests" and len(top) > 1 and top[1].startswith("test_")
+                                         and top[1] != path.stem):
+                found.append((name, node.lineno))
+    return found
+
+
+def test_tests_import_neither_benchmarks_nor_each_other():
+    # shared test code lives in tests/helpers.py, tests/conftest.py or the library (experiments/)
+    bad = [f"{path.name}:{line} imports {name}" for path in sorted((REPO / "tests").glob("*.py"))
+           for name, line in _test_imports_of(path)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_test_import_check_would_catch_one(tmp_path):
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import benchmarks.grid\nfrom tests.test_other import x\nfrom tests.test_probe import y\n"
+                     "from tests.helpers import z\n")
+    assert _test_imports_of(probe) == [("benchmarks.grid", 1), ("tests.test_other", 2)]

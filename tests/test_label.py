@@ -25,16 +25,13 @@ from pricure_crypten.parties.batching import RequestScheduler
 from pricure_crypten.parties.serving.messages import BatchReply
 from pricure_crypten.privacy.accounting import PrivacyLedger
 from pricure_crypten.privacy.accounting.errors import BudgetExceededError
-
-from .helpers import cli_exit_code
+from tests.helpers import cli_exit_code, mlp_owners
 
 FEATURES, CLASSES = 4, 3
 
 
 def _random_owners(count: int, seed: int = 0) -> list[ModelOwner]:
-    torch.manual_seed(seed)
-    return [ModelOwner(name=f"o{i}", model=nn.Sequential(nn.Linear(FEATURES, CLASSES)), input_shape=(FEATURES,),
-                       num_classes=CLASSES) for i in range(count)]
+    return mlp_owners(count, features=FEATURES, classes=CLASSES, hidden=(), seed=seed, names="o{}", reseed=False)
 
 
 def _plain_votes(owners: list[ModelOwner], pool: np.ndarray) -> np.ndarray:

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from pricure_crypten import Aggregation, Cluster, ExperimentOptions, ModelOwner, NoNoise, PrivateEnsemble, calibrate
+from pricure_crypten import Aggregation, Cluster, ExperimentOptions, NoNoise, PrivateEnsemble, calibrate
 from pricure_crypten.experiments import conformance
 from pricure_crypten.experiments.conformance import (
     SeededSimulationOps,
@@ -51,7 +50,7 @@ from pricure_crypten.mpc.randomness import (
 )
 from pricure_crypten.parties.serving.messages import Load, ServerSettings
 from pricure_crypten.privacy.noise import ConfidentGNMax
-from tests.helpers import REPO
+from tests.helpers import REPO, mlp_owners
 
 pytestmark = pytest.mark.filterwarnings("ignore::pricure_crypten.mpc.randomness.TestOnlyNoiseWarning")
 
@@ -63,15 +62,8 @@ def seeded_env(monkeypatch):
 
 def random_owners(k: int, *, features: int = 8, classes: int = 3, hidden: int = 6, seed: int = 0) -> list:
     """Small untrained MLPs; the last layer is scaled so that most owners' votes have a clear margin."""
-    owners = []
-    for i in range(k):
-        torch.manual_seed(seed * 1000 + i)
-        model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
-        with torch.no_grad():
-            model[2].weight.mul_(20.0)
-            model[2].bias.mul_(5.0)
-        owners.append(ModelOwner(name=f"o{i}", model=model, input_shape=(features,), num_classes=classes))
-    return owners
+    return mlp_owners(k, features=features, classes=classes, hidden=(hidden,), seed=seed * 1000, names="o{}",
+                      scale=(20.0, 5.0))
 
 
 def queries(n: int, features: int = 8, seed: int = 1) -> torch.Tensor:

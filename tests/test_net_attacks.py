@@ -1,7 +1,7 @@
 """Attacks on a live deployment (issue 18): the attacker is refused, the servers stay up, nobody else notices.
 
 One deployment of 2 servers + dealer on 127.0.0.8/9, started with the real
-``pricure serve|dealer`` commands by :class:`tests.test_deployment.Deployment`,
+``pricure serve|dealer`` commands by the launcher (:class:`pricure_crypten.experiments.launch.Deployment`),
 Laplace epsilon 1 per query and a total budget of 1000 per client. The
 attackers hold valid credentials: an owner ``evil`` and a client
 ``mallory``. After every attack the test checks that the servers are alive
@@ -28,37 +28,31 @@ import numpy as np
 import psutil
 import pytest
 
-from pricure_crypten.parties.net.remote import upload_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
-from tests.test_deployment import CLASSES, FEATURES, Deployment, _owners, _queries
-from tests.helpers import tls_closed
+from pricure_crypten.experiments.launch import Deployment, Loopback
+from tests.helpers import deployment_owners, gaussian_queries, tls_closed
 
 pytestmark = pytest.mark.mpc
 
+FEATURES, CLASSES = 6, 3  # deployment_owners()
 HEADER_TIMEOUT, MAX_CONNECTIONS, CLIENT_CAP, INCOMPLETE = 2, 64, 4, 6
 
 
 @pytest.fixture(scope="module")
 def owners():
-    return _owners()
+    return deployment_owners()
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, owners):
-    d = Deployment(tmp_path_factory.mktemp("attacks"), ["127.0.0.8", "127.0.0.9"], [[], []],
-                   ["--epsilon", "1", "--budget-epsilon", "1000", "--incomplete-after", str(INCOMPLETE),
-                    "--header-timeout", str(HEADER_TIMEOUT), "--max-connections", str(MAX_CONNECTIONS),
-                    "--max-client-requests", str(CLIENT_CAP), "--max-batch", "64"],
-                   extra_clients=["mallory"], extra_owners=["evil"])
-    try:
-        d.start_all()
-        d.wait_ready()
-        for owner in owners:
-            upload_model(owner, servers=d.urls, credential=d.tokens[owner.name], ca=d.ca)
-        d.wait_ready(owners=3)
+    with Deployment(servers=2, owners=[*(o.name for o in owners), "evil"], clients=["alice", "bob", "carol", "mallory"],
+                    serve_flags=["--timeout", "30", "--epsilon", "1", "--budget-epsilon", "1000",
+                                 "--incomplete-after", str(INCOMPLETE), "--header-timeout", str(HEADER_TIMEOUT),
+                                 "--max-connections", str(MAX_CONNECTIONS), "--max-client-requests", str(CLIENT_CAP),
+                                 "--max-batch", "64"],
+                    topology=Loopback(first=8), root=tmp_path_factory.mktemp("attacks")) as d:
+        d.upload_all(owners)
         yield d
-    finally:
-        d.close()
 
 
 def _party(d: Deployment, rank: int) -> psutil.Process:
@@ -78,7 +72,7 @@ def _hwm_mib(process: psutil.Process) -> float:
 def _alice_answers(d: Deployment, rows: int = 3, timeout: float = 60) -> None:
     answered = [d.status(r, "alice").answered_queries for r in range(d.n)]
     with d.remote("alice", timeout=timeout) as alice:
-        assert alice.predict(_queries(rows, seed=rows)).labels.shape == (rows,)
+        assert alice.predict(gaussian_queries(rows, FEATURES, seed=rows)).labels.shape == (rows,)
     assert [d.status(r, "alice").answered_queries for r in range(d.n)] == [a + rows for a in answered]
 
 

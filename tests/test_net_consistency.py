@@ -12,7 +12,7 @@
 
 The live tests use one deployment of 2 servers + dealer on 127.0.0.12/13
 (the real ``pricure serve|dealer`` commands, via
-:class:`tests.test_deployment.Deployment`), epsilon = inf, with owners
+:class:`pricure_crypten.experiments.launch.Deployment`), epsilon = inf, with owners
 whose votes do not depend on the query (:func:`tests.helpers.constant_owners`),
 so that the label tells exactly which models were used.
 """
@@ -27,10 +27,10 @@ import time
 import numpy as np
 import pytest
 
+from pricure_crypten.experiments.launch import Deployment, Loopback
 from pricure_crypten.parties.net.remote import RemoteError, upload_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 from tests.helpers import constant_owners
-from tests.test_deployment import Deployment
 
 pytestmark = pytest.mark.mpc
 
@@ -188,17 +188,13 @@ def _labels(d: Deployment, client: str = "alice") -> list[int]:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """2 servers, epsilon = inf; owner0 and owner1 always vote 0, owner2 always votes 1 (label 0)."""
-    d = Deployment(tmp_path_factory.mktemp("consist"), ["127.0.0.12", "127.0.0.13"], [[], []],
-                   ["--epsilon", "inf", "--incomplete-after", "30"])
-    try:
-        d.start_all()
-        d.wait_ready()
+    with Deployment(servers=2, owners=["owner0", "owner1", "owner2"], clients=["alice", "bob", "carol"],
+                    serve_flags=["--timeout", "30", "--epsilon", "inf", "--incomplete-after", "30"],
+                    topology=Loopback(first=12), root=tmp_path_factory.mktemp("consist")) as d:
         for name, owner in zip(("owner0", "owner1", "owner2"), constant_owners([0, 0, 1], CLASSES)):
             upload_model(owner, servers=d.urls, credential=d.tokens[name], ca=d.ca)
         d.wait_ready(owners=3)
         yield d
-    finally:
-        d.close()
 
 
 def _charged(d: Deployment, client: str) -> list[tuple[int, int]]:

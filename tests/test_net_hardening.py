@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
@@ -35,14 +34,14 @@ from pricure_crypten.mpc import layers as mpc_layers
 from pricure_crypten.mpc.layers import LayerSpec, Square, specs_output_shape
 from pricure_crypten.parties.net import wire
 from pricure_crypten.parties.net.wire import WireError, bundle_from_bytes, bundle_to_bytes, decode_array
-from tests.helpers import tls_closed
+from tests.helpers import mlp_owners, tls_closed
 
 FEATURES, CLASSES = 6, 3
 
 
 def _owner(model: nn.Module | None = None, shape: tuple = (FEATURES,)) -> ModelOwner:
-    torch.manual_seed(0)
-    model = model or nn.Sequential(nn.Linear(FEATURES, 8), nn.ReLU(), nn.Linear(8, CLASSES))
+    if model is None:
+        return mlp_owners(1, features=FEATURES, classes=CLASSES, hidden=(8,), names="o")[0]
     return ModelOwner(name="o", model=model, input_shape=shape, num_classes=CLASSES)
 
 
@@ -395,7 +394,7 @@ def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_pa
 
     import httpx
 
-    from pricure_crypten.experiments.deployment import free_port
+    from pricure_crypten.experiments.launch import free_port
     from pricure_crypten.parties.net.app import start_front_door
     from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
 

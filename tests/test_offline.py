@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch import nn
 
-from pricure_crypten import Aggregation, Batching, ModelOwner, Offline, PrivateEnsemble, calibrate
+from pricure_crypten import Aggregation, Batching, Offline, PrivateEnsemble, calibrate
 from pricure_crypten.experiments import reference
-from tests.mpc_harness import run_parties
+from pricure_crypten.experiments.launch import run_parties
+from tests.helpers import mlp_owners
 
 pytestmark = pytest.mark.mpc
 
@@ -156,13 +156,8 @@ def test_stock_is_used_once_and_gives_the_online_result(parties):
 
 
 @pytest.fixture(scope="module")
-def mlp_owners():
-    owners = []
-    for i in range(3):
-        torch.manual_seed(i)
-        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-        owners.append(ModelOwner(name=f"o{i}", model=model, input_shape=(6,), num_classes=3))
-    return owners
+def owners3():
+    return mlp_owners(3, features=6, classes=3, hidden=(16,), seed=0, names="o{}")
 
 
 def _expected(owners, queries):
@@ -175,10 +170,10 @@ def _expected(owners, queries):
 NO_NOISE = Aggregation(noise=calibrate(epsilon=float("inf")))
 
 
-def test_stocked_and_online_batches_alternate_and_agree_with_plaintext(mlp_owners):
+def test_stocked_and_online_batches_alternate_and_agree_with_plaintext(owners3):
     gen = torch.Generator().manual_seed(5)
     q8, q5 = torch.randn(8, 6, generator=gen), torch.randn(5, 6, generator=gen)
-    with PrivateEnsemble(mlp_owners, aggregation=NO_NOISE, batching=Batching(enabled=False)) as ensemble:
+    with PrivateEnsemble(owners3, aggregation=NO_NOISE, batching=Batching(enabled=False)) as ensemble:
         online = ensemble.predict(q8)
         cost = ensemble.precompute(8, batches=2)
         assert cost.batches == 2 and cost.exchanges >= 1 and cost.stock_bytes > 0
@@ -186,17 +181,17 @@ def test_stocked_and_online_batches_alternate_and_agree_with_plaintext(mlp_owner
         sequence = [(q8, True), (q5, False), (q8, True), (q8, False), (q5, False)]
         for queries, stocked in sequence:
             prediction = ensemble.predict(queries)
-            assert np.array_equal(prediction.labels, _expected(mlp_owners, queries))
+            assert np.array_equal(prediction.labels, _expected(owners3, queries))
             assert (prediction.cost.dealer_requests == 0) == stocked
             if stocked:
                 assert prediction.cost.rounds < online.cost.rounds  # the dealer's round trips are gone
         assert ensemble.server_info()[0]["stock_bytes"] == 0
 
 
-def test_offline_config_pads_small_batches_and_refills(mlp_owners):
+def test_offline_config_pads_small_batches_and_refills(owners3):
     gen = torch.Generator().manual_seed(6)
     offline = Offline(batch_sizes=(8,), depth=1)
-    with PrivateEnsemble(mlp_owners, aggregation=NO_NOISE, batching=Batching(enabled=False),
+    with PrivateEnsemble(owners3, aggregation=NO_NOISE, batching=Batching(enabled=False),
                          offline=offline) as ensemble:
         assert [c.rows for c in ensemble.offline_costs] == [8]
         for rows in (5, 8, 3):
@@ -204,12 +199,12 @@ def test_offline_config_pads_small_batches_and_refills(mlp_owners):
             ensemble.refill()  # waits for (or does) the scheduler's idle top-up
             prediction = ensemble.predict(queries)
             assert prediction.labels.shape == (rows,)  # padding rows never reach the client
-            assert np.array_equal(prediction.labels, _expected(mlp_owners, queries))
+            assert np.array_equal(prediction.labels, _expected(owners3, queries))
             assert prediction.cost.dealer_requests == 0
             assert prediction.cost.batch_queries == rows
         big = torch.randn(12, 6, generator=gen)  # larger than any stocked size: on-line
         prediction = ensemble.predict(big)
-        assert np.array_equal(prediction.labels, _expected(mlp_owners, big))
+        assert np.array_equal(prediction.labels, _expected(owners3, big))
         assert prediction.cost.dealer_requests > 0
 
 
@@ -224,14 +219,14 @@ def test_bad_offline_settings_are_refused(settings, error, match):
         Offline(**settings)
 
 
-def test_offline_settings_that_cannot_work_are_refused_before_any_process(mlp_owners):
+def test_offline_settings_that_cannot_work_are_refused_before_any_process(owners3):
     from pricure_crypten import Cluster, InsecureProviderWarning
 
     with pytest.raises(ValueError, match="max_rows"):
-        PrivateEnsemble(mlp_owners, offline=Offline(batch_sizes=(512,)), batching=Batching(max_rows=256))
+        PrivateEnsemble(owners3, offline=Offline(batch_sizes=(512,)), batching=Batching(max_rows=256))
     with pytest.warns(InsecureProviderWarning), pytest.raises(ValueError, match="dealer"):
-        PrivateEnsemble(mlp_owners, offline=Offline(batch_sizes=(8,)), cluster=Cluster(provider="insecure-tfp"))
-    ensemble = PrivateEnsemble(mlp_owners)
+        PrivateEnsemble(owners3, offline=Offline(batch_sizes=(8,)), cluster=Cluster(provider="insecure-tfp"))
+    ensemble = PrivateEnsemble(owners3)
     with pytest.raises(ValueError, match="rows"):
         ensemble.precompute(0)
     with pytest.raises(ValueError, match="rows"):

@@ -40,7 +40,7 @@ from torch import nn
 
 from pricure_crypten import (Aggregation, Batching, Client, ConfidentGNMax, ModelOwner, NoNoise, Offline,
                              PrivateEnsemble)
-from pricure_crypten.experiments.deployment import ProcessDeployment
+from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.mpc.layers import Square
 from pricure_crypten.parties.net.remote import RemoteError
 from pricure_crypten.parties.serving.results import Prediction
@@ -108,7 +108,7 @@ def _library(tmp_path, aggregation: Aggregation, budget: float) -> tuple[Mode, A
 
 
 def _networked(flags: list[str]) -> tuple[Mode, Any]:
-    deployment = ProcessDeployment(servers=2, owners=[o.name for o in _owners()], clients=["alice"],
+    deployment = Deployment(servers=2, owners=[o.name for o in _owners()], clients=["alice"],
                                    serve_flags=["--max-batch", "8", "--offline-batch", str(STOCKED),
                                                 "--offline-depth", "2", "--budget-delta", str(BUDGET_DELTA),
                                                 *flags])
@@ -126,7 +126,7 @@ def _networked(flags: list[str]) -> tuple[Mode, Any]:
         return sum(deployment.health(rank)["batches"] for rank in range(2))
 
     def spent() -> list[float]:
-        return [deployment.budget(rank, "alice", total_delta=BUDGET_DELTA).spent_epsilon for rank in range(2)]
+        return [deployment.status(rank, "alice", total_delta=BUDGET_DELTA).spent_epsilon for rank in range(2)]
 
     def close() -> None:
         remote.close()

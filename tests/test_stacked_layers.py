@@ -1,7 +1,7 @@
 """The stacked CrypTen modules (mpc/stacked.py), layer by layer, against the owners' own torch layers.
 
-Every check runs in 2 real CrypTen parties with a TTP dealer (tests/mpc_harness.py),
-all of them in ONE launch (a module-scoped fixture): each party loads its own
+Every check runs in 2 real CrypTen parties with a TTP dealer
+(:func:`pricure_crypten.experiments.launch.run_parties`), all of them in ONE launch (a module-scoped fixture): each party loads its own
 shares of the owners' parameters and of the input, evaluates one stacked module
 (or a whole network) and returns its output share. The test reconstructs the
 shares; the plaintext reference is each owner's ORIGINAL ``torch.nn`` layer or
@@ -29,7 +29,7 @@ from torch import nn
 from pricure_crypten.mpc.layers import LayerSpec, Square, convert
 from pricure_crypten.mpc.randomness import SecureRandom
 from pricure_crypten.mpc.sharing import reconstruct, share
-from tests.mpc_harness import run_parties
+from pricure_crypten.experiments.launch import run_parties
 
 pytestmark = pytest.mark.mpc
 

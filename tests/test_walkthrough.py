@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from pricure_crypten.experiments.deployment import free_port
+from pricure_crypten.experiments.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- walkthrough(?::\s*(?P<file>[\w.-]+))? -->\n```(?P<lang>bash|python)\n(?P<code>.*?)```",

@@ -148,7 +148,7 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
 
     from .._validation import DEFAULT_LOGIT_BOUND
     from ..privacy.noise import GaussianNoise, LaplaceNoise, NoNoise
-    from .deployment import ProcessDeployment
+    from .launch import Deployment
 
     noise = config.aggregation.noise
     flags = ["--epsilon", repr(float(noise.epsilon)), "--aggregation", config.aggregation.method,
@@ -159,18 +159,16 @@ def _predict_deployed(config: DemoConfig, owners: list[ModelOwner], queries: tor
             noise, (LaplaceNoise, GaussianNoise, NoNoise)):
         raise ValueError("--deployment processes supports the CLI's mechanisms (laplace, gaussian, inf) only")
     labels, costs = [], []
-    with ProcessDeployment(servers=config.cluster.num_servers, owners=[o.name for o in owners],
-                           clients=["demo-client"], serve_flags=flags) as deployment:
-        for owner in owners:
-            deployment.upload(owner)
-        deployment.wait_ready(len(owners))
+    with Deployment(servers=config.cluster.num_servers, owners=[o.name for o in owners],
+                    clients=["demo-client"], serve_flags=flags) as deployment:
+        deployment.upload_all(owners)
         with deployment.remote("demo-client") as remote:
             for start in range(0, config.queries, config.batch_size):
                 began = time.perf_counter()
                 labels.append(remote.predict(queries[start:start + config.batch_size]).labels)
                 costs.append(time.perf_counter() - began)
         health = [deployment.health(r) for r in range(config.cluster.num_servers)]
-        budget = deployment.budget(0, "demo-client")
+        budget = deployment.status(0, "demo-client", total_delta=REPORT_DELTA)
     batches = max(1, health[0]["batches"])
     cost = [Cost(queries=len(l), seconds=s, mpc_seconds=health[0]["totals"]["mpc_seconds"] / batches,
                  rounds=health[0]["totals"]["rounds"] // batches,
