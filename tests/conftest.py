@@ -31,7 +31,8 @@ from pricure_crypten import ModelOwner
 DEPLOYMENT = {"test_deployment", "test_net_attacks", "test_net_consistency", "test_netns"}
 # tests not marked mpc that start a process (a fresh interpreter, a CLI run, a killed writer): the mpc tier.
 # Found by the check below (a fast test that starts a process fails and names this list).
-SPAWNING_MODULES = {"test_exposure_benchmark", "test_utility_benchmark", "test_readme_tables"}
+SPAWNING_MODULES = {"test_exposure_benchmark", "test_utility_benchmark", "test_readme_tables", "test_teachers_benchmark",
+                    "test_transfer_benchmark"}
 SPAWNS = {
     "test_filter.py::test_process_killed_inside_an_answered_only_spend_keeps_the_worst_case",
     "test_imports.py::test_budget_command_and_accounting_never_load_crypten",
