@@ -30,9 +30,10 @@ from .plots import make_plots
 from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
+from .transfer import transfer_suite
 from .utility import utility_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility")
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility", "transfer")
 # exposure: MIA where noiseless leaks. "mia" (attacks, minutes), "exposure" and "utility" (trains up to
 # 250 owners per point, an hour) only when asked for
 DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")
@@ -84,6 +85,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
         "exposure": lambda: exposure_suite(quick=args.quick, seed=args.seed, root=args.mnist_root),
         "utility": lambda: utility_suite(quick=args.quick, seed=args.seed, out=args.out),
+        "transfer": lambda: transfer_suite(quick=args.quick, seed=args.seed, out=args.out),
     }
     return runners[name]()
 

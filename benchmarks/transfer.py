@@ -132,8 +132,8 @@ class TransferConfig:
 
 MNIST = TransferConfig()
 PNEUMONIA = TransferConfig(dataset="pneumoniamnist", owners=None, layout="val-pool", queries=200, mia_records=624)
-QUICK = TransferConfig(dataset="digits", owners=4, shard_size=200, eval_size=80, queries=40, epochs=2, patience=2,
-                       student_steps=60, mia_records=60, aug_n=2, smooth=False)
+QUICK = TransferConfig(dataset="digits", owners=4, shard_size=200, eval_size=80, queries=40, epochs=2, patience=1,
+                       student_steps=40, mia_records=60, aug_n=2, smooth=False)
 
 
 # --------------------------------------------------------------------------------------------- data
