@@ -326,7 +326,8 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
     record["per_query"] = per_query
     # -- exposure of the students w.r.t. the owners' training records
     rng = np.random.default_rng(config.seed + 1)
-    members = rng.choice(len(data.owners_y), size=min(config.mia_records, len(data.owners_y)), replace=False)
+    in_shards = np.concatenate(list(found["parts"]))  # records some owner trained on (not the unused remainder)
+    members = rng.choice(in_shards, size=min(config.mia_records, len(in_shards)), replace=False)
     non = np.arange(min(config.mia_records, len(data.eval_y)))
     mx, my = data.owners_x[members], data.owners_y[members].numpy()
     nx, ny = data.eval_x[non], truth_eval[non]
