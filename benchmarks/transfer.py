@@ -384,6 +384,21 @@ def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# how benchmarks/tables.py renders NAME.csv (docs/results/README.md)
+TABLE_COLUMNS = [
+    {"column": "source", "header": "source"}, {"column": "owners", "header": "K"},
+    {"column": "queries", "header": "queries"}, {"column": "answered", "header": "answered"},
+    {"column": "student_supervised", "header": "student (supervised)", "format": ".3f"},
+    {"column": "student_semi_supervised", "header": "student (semi-supervised)", "format": ".3f"},
+    {"column": "epsilon_conservative", "header": "total ε conservative", "format": ".3g"},
+    {"column": "epsilon_answered_only", "header": "total ε answered-only", "format": ".3g"},
+    {"column": "epsilon_data_dependent", "header": "ε data-dependent (analysis)", "format": ".3g"},
+    {"column": "epsilon_data_dependent_smooth", "header": "ε data-dep. + smooth sens.", "format": ".3g"},
+    {"column": "per_query_bought_conservative", "header": "direct queries for the same total (conservative)",
+     "format": "d"},
+]
+
+
 def _f(v: Any, fmt: str = ".3f") -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
@@ -452,7 +467,8 @@ def write(record: dict[str, Any], meta: dict[str, Any], out: Path, name: str) ->
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(table_rows(record), out / f"{name}.csv")
-    write_json({**meta, "result": record, "pate_2018_mnist": PATE_2018_MNIST}, out / f"{name}.json")
+    write_json({**meta, "columns": TABLE_COLUMNS, "result": record, "pate_2018_mnist": PATE_2018_MNIST},
+               out / f"{name}.json")
     (out / f"{name}.md").write_text(markdown(record, meta))
 
 
