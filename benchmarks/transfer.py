@@ -52,10 +52,10 @@ SEEDED, a test-only mode, for reproducibility). Reported:
   between the two can only add to the measured exposure. Membership here is
   fixed, not randomised as in a DP audit game: the bound is descriptive.
 
-PneumoniaMNIST: owners on disjoint 240-image shards of its 4,708 training
-images, so K = 19 (the most 240-image shards its training split holds; with
-smaller shards the owners collapse to the majority class: see
-docs/results/utility-k.md, K >= 25); Confident-GNMax with PATE's parameters
+PneumoniaMNIST: owners on disjoint 240-image shards of its training split
+(3,882 images in the shared file), so K = 16 (the most 240-image shards the
+training split holds, as on MNIST; with smaller shards the owners collapse to
+the majority class: see docs/results/utility-k.md, K >= 25); Confident-GNMax with PATE's parameters
 scaled to K (T = 0.8K, sigma1 = 0.6K, sigma2 = 0.16K); the pool is its 524
 validation images (200 queried), the evaluation set its 624 test images.
 
