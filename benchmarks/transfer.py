@@ -88,7 +88,8 @@ from pricure_crypten.experiments.data import Dataset, DatasetNotFoundError, load
 from pricure_crypten.experiments.student import StudentConfig, student_predict, student_probabilities, train_student
 from pricure_crypten.experiments.training import train_owners
 from pricure_crypten.experiments.transfer import (answered_labels, confidence_scores, gnmax_total_epsilon,
-                                                  membership_exposure, optional_float, queries_within)
+                                                  gaussian_with_sigma, membership_exposure, optional_float,
+                                                  queries_within)
 from pricure_crypten.privacy.noise import ConfidentGNMax, calibrate
 
 from .env import REPO_ROOT, environment
@@ -305,24 +306,31 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
     students["supervised"], students["semi-supervised"] = sup, semi
     record["students"] = [_student_row(n, r, data, answered, label_accuracy) for n, r in students.items()]
     log(f"transfer {config.dataset}: students {[(r['student'], round(r['accuracy'], 4)) for r in record['students']]}")
-    # -- the per-query mode at the same totals
-    direct = calibrate(epsilon=config.per_query_epsilon, mechanism="gaussian", delta=config.delta)
-    direct_eval = reference.release(eval_counts, mechanism=direct, num_servers=config.num_servers,
-                                    seed=f"transfer-direct-{config.dataset}-{config.seed}")
-    direct_accuracy = float((direct_eval == truth_eval).mean())
+    # -- the per-query mode at the same totals: the library's Gaussian noisy argmax at per-query epsilon
+    # ``per_query_epsilon``, and at PATE's argmax noise sigma2 without the threshold step (every query answered)
+    directs = [(f"Gaussian noisy argmax, ε = {config.per_query_epsilon:g} per query",
+                calibrate(epsilon=config.per_query_epsilon, mechanism="gaussian", delta=config.delta)),
+               (f"GNMax at σ2 = {mechanism.sigma:g} (no threshold)", gaussian_with_sigma(mechanism.sigma,
+                                                                                       delta=config.delta))]
     per_query = []
-    for mode, total in totals.items():
-        n = queries_within(direct, total=total, delta=config.delta)
-        entry = {"budget_mode": mode, "total_epsilon": total, "mechanism": "gaussian",
-                 "per_query_epsilon": config.per_query_epsilon, "sigma": direct.scale, "queries_bought": n,
-                 "direct_answer_accuracy": direct_accuracy, "student_accuracy": None}
-        if 0 < n <= n_pool:
-            labels_n = reference.release(pool_counts[:n], mechanism=direct, num_servers=config.num_servers,
-                                         seed=f"transfer-direct-pool-{config.dataset}-{config.seed}")
-            student_n = train_student(data.pool_x[:n], torch.as_tensor(labels_n), num_classes=c, config=student_cfg)
-            entry["student_accuracy"] = float((student_predict(student_n.model, data.eval_x) == truth_eval).mean())
-            entry["student_label_accuracy"] = float((labels_n == truth_pool[:n]).mean())
-        per_query.append(entry)
+    for label, direct in directs:
+        direct_eval = reference.release(eval_counts, mechanism=direct, num_servers=config.num_servers,
+                                        seed=f"transfer-direct-{config.dataset}-{config.seed}")
+        direct_accuracy = float((direct_eval == truth_eval).mean())
+        for mode, total in totals.items():
+            n = queries_within(direct, total=total, delta=config.delta)
+            entry = {"budget_mode": mode, "total_epsilon": total, "mechanism": label,
+                     "per_query_epsilon": direct.epsilon, "sigma": direct.scale, "queries_bought": n,
+                     "direct_answer_accuracy": direct_accuracy, "student_accuracy": None}
+            if 0 < n <= n_pool:
+                labels_n = reference.release(pool_counts[:n], mechanism=direct, num_servers=config.num_servers,
+                                             seed=f"transfer-direct-pool-{config.dataset}-{config.seed}")
+                student_n = train_student(data.pool_x[:n], torch.as_tensor(labels_n), num_classes=c,
+                                          config=student_cfg)
+                entry["student_accuracy"] = float((student_predict(student_n.model, data.eval_x)
+                                                   == truth_eval).mean())
+                entry["student_label_accuracy"] = float((labels_n == truth_pool[:n]).mean())
+            per_query.append(entry)
     record["per_query"] = per_query
     # -- exposure of the students w.r.t. the owners' training records
     rng = np.random.default_rng(config.seed + 1)
@@ -357,7 +365,7 @@ def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The CSV: one row for this run, one for PATE 2018's published MNIST row (MNIST only)."""
     students = {s["student"]: s for s in record["students"]}
     dd = record["data_dependent"]
-    per = {p["budget_mode"]: p for p in record["per_query"]}
+    per = {p["budget_mode"]: p for p in record["per_query"] if p["mechanism"].startswith("Gaussian noisy argmax")}
     row = {"source": "this run (plaintext simulation)", "dataset": record["dataset"], "owners": record["owners"],
            "arch": record["arch"], "queries": record["queries"], "answered": record["answered"],
            "answered_label_accuracy": record["answered_label_accuracy"],
@@ -442,8 +450,8 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
               "| budget (mode) | total ε | direct mechanism | direct queries bought | accuracy of a direct answer | "
               "supervised student on that many direct labels |", "|---|---|---|---|---|---|"]
     for p in r["per_query"]:
-        lines.append(f"| {p['budget_mode']} | {p['total_epsilon']:.3g} | Gaussian noisy argmax, ε = "
-                     f"{p['per_query_epsilon']:g} per query (σ = {p['sigma']:.3g}) | {p['queries_bought']} | "
+        lines.append(f"| {p['budget_mode']} | {p['total_epsilon']:.3g} | {p['mechanism']} (σ = {p['sigma']:.3g}; "
+                     f"ε = {p['per_query_epsilon']:.3g} per query) | {p['queries_bought']} | "
                      f"{p['direct_answer_accuracy']:.3f} | {_f(p['student_accuracy'])} |")
     lines += ["", "## Student exposure (membership of the owners' training records)", "",
               "| student | attack | members / non-members | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR | empirical ε lower bound "
@@ -472,9 +480,9 @@ def write(record: dict[str, Any], meta: dict[str, Any], out: Path, name: str) ->
     (out / f"{name}.md").write_text(markdown(record, meta))
 
 
-def _meta(config: TransferConfig) -> dict[str, Any]:
+def _meta(config: TransferConfig, command: Optional[str] = None) -> dict[str, Any]:
     env = environment(sys.argv[1:])
-    return {"command": env["command"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
+    return {"command": command or env["command"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "config": asdict(config),
             "torch_threads": torch.get_num_threads(), "cpu_count": env["cpu_count"]}
 
@@ -485,7 +493,8 @@ def result_name(config: TransferConfig) -> str:
 
 
 def transfer_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA, arch: Optional[str] = None,
-                   configs: Optional[Sequence[TransferConfig]] = None) -> Iterator[dict[str, Any]]:
+                   configs: Optional[Sequence[TransferConfig]] = None,
+                   command: Optional[str] = None) -> Iterator[dict[str, Any]]:
     """Yield one row per dataset (this run's table row); write ``transfer-<dataset>.{csv,json,md}`` to ``out``."""
     configs = list(configs or ([QUICK] if quick else [MNIST, PNEUMONIA]))
     for config in configs:
@@ -495,7 +504,7 @@ def transfer_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA, 
         except DatasetNotFoundError as err:
             print(f"transfer: skipping {config.dataset}: {err}", flush=True)
             continue
-        write(record, _meta(config), out, result_name(config))
+        write(record, _meta(config, command), out, result_name(config))
         yield table_rows(record)[0]
 
 
@@ -513,7 +522,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configs = [QUICK] if args.quick else [{"mnist": MNIST, "pneumoniamnist": PNEUMONIA}[d] for d in args.dataset]
     if args.student_steps:
         configs = [replace(c, student_steps=args.student_steps) for c in configs]
-    for row in transfer_suite(quick=args.quick, out=args.out, seed=args.seed, arch=args.arch, configs=configs):
+    command = " ".join(["python", "-m", "benchmarks.transfer", *(sys.argv[1:] if argv is None else argv)])
+    for row in transfer_suite(quick=args.quick, out=args.out, seed=args.seed, arch=args.arch, configs=configs,
+                              command=command):
         print(json.dumps(row), flush=True)
     return 0
 

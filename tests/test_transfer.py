@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from pricure_crypten.experiments.transfer import (answered_labels, confidence_scores, gnmax_total_epsilon,
-                                                  membership_exposure, queries_within)
+from pricure_crypten.experiments.transfer import (answered_labels, confidence_scores, gaussian_with_sigma,
+                                                  gnmax_total_epsilon, membership_exposure, queries_within)
 from pricure_crypten.privacy.accounting import DEFAULT_FILTER_ORDERS
 from pricure_crypten.privacy.noise import ConfidentGNMax, calibrate
 
@@ -70,6 +70,17 @@ def test_queries_within_is_the_largest_count_that_fits(epsilon, total):
         return
     assert dp_accounting_epsilon([(z, n)]) <= total * (1 + 1e-9)
     assert dp_accounting_epsilon([(z, n + 1)]) > total * (1 - 1e-9)
+
+
+def test_gaussian_with_a_given_sigma():
+    """PATE's sigma2 = 40 as a plain noisy argmax: noise std 40, noise multiplier 40 / sqrt 2 for the accountant."""
+    g = gaussian_with_sigma(40.0, delta=DELTA)
+    assert g.scale == pytest.approx(40.0, rel=1e-8)
+    assert g.dp_event().noise_multiplier == pytest.approx(40 / math.sqrt(2), rel=1e-8)
+    n = queries_within(g, total=4.81, delta=DELTA)
+    assert dp_accounting_epsilon([(40 / math.sqrt(2), n)]) <= 4.81 < dp_accounting_epsilon([(40 / math.sqrt(2), n + 1)])
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_with_sigma(0.0, delta=DELTA)
 
 
 def test_per_query_epsilon_4_buys_nothing_at_total_1():

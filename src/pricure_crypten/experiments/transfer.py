@@ -90,6 +90,23 @@ def queries_within(mechanism: Any, *, total: float, delta: float, accountant: st
     return low
 
 
+def gaussian_with_sigma(sigma: float, *, delta: float) -> Any:
+    """The library's Gaussian noisy argmax (:class:`~pricure_crypten.privacy.noise.GaussianNoise`, L2
+    sensitivity sqrt 2) whose noise std is ``sigma`` (e.g. PATE's sigma2 = 40, without the threshold step):
+    its per-query epsilon at ``delta`` found by bisection (relative tolerance 1e-9 on sigma)."""
+    from ..privacy.noise import GaussianNoise
+
+    sigma = check_positive(sigma, name="sigma")
+    delta = check_delta(delta)
+    low, high = 1e-6, 100.0
+    if not GaussianNoise(epsilon=high, delta=delta).scale < sigma < GaussianNoise(epsilon=low, delta=delta).scale:
+        raise ValueError(f"sigma={sigma} is outside the calibratable range at delta={delta}")
+    while high / low > 1 + 1e-12:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if GaussianNoise(epsilon=mid, delta=delta).scale > sigma else (low, mid)
+    return GaussianNoise(epsilon=math.sqrt(low * high), delta=delta)
+
+
 @dataclass(frozen=True)
 class Exposure:
     """A membership-inference audit of one attack on the student.
