@@ -47,10 +47,15 @@ SEEDED, a test-only mode, for reproducibility). Reported:
   (probability of the true label) and label-only (augmentation attack,
   Choquette-Choo et al. 2021), audited with Clopper-Pearson
   (:func:`pricure_crypten.experiments.transfer.membership_exposure`), against
-  the total epsilon in each mode. Caveat: members come from MNIST's training
-  split and non-members from its test split; a distribution difference
-  between the two can only add to the measured exposure. Membership here is
-  fixed, not randomised as in a DP audit game: the bound is descriptive.
+  the total epsilon in each mode. Caveats: members come from MNIST's training
+  split and non-members from its test split, whose writers differ (MNIST's
+  training and test writers are disjoint) while the student was trained on
+  the client's pool, also from the test split. The distribution difference
+  can bias the attack either way: an AUC below 1/2 means the student is MORE
+  confident on the non-members (test-split writers, like its own pool) than
+  on the owners' records, which hides membership signal rather than adding
+  any. Membership here is fixed, not randomised as in a DP audit game: the
+  bound is descriptive.
 
 PneumoniaMNIST: owners on disjoint 240-image shards of its training split
 (3,882 images in the shared file), so K = 16 (the most 240-image shards the
@@ -466,7 +471,10 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
               "student saw them). The empirical bound is at δ = 1e-5, threshold chosen on half the records and tested "
               "on the other half; 'max refutable' is what a perfect attack could show with this sample, so a bound "
               "above it cannot be refuted here at all. Non-members come from the test split, members from the "
-              "training split: a distribution difference can only add to the measured exposure.", ""]
+              "training split, and the student was trained on the client's pool (test split); the writers of the "
+              "two splits differ, so the distribution difference can bias the attack either way (an AUC below 0.5: "
+              "the student is more confident on the non-members, whose writers are those of its own pool). "
+              "Membership is fixed, not randomised as in a DP audit game: the comparison is descriptive.", ""]
     return "\n".join(lines)
 
 
