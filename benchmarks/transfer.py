@@ -455,8 +455,9 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
               "| budget (mode) | total ε | direct mechanism | direct queries bought | accuracy of a direct answer | "
               "supervised student on that many direct labels |", "|---|---|---|---|---|---|"]
     for p in r["per_query"]:
-        lines.append(f"| {p['budget_mode']} | {p['total_epsilon']:.3g} | {p['mechanism']} (σ = {p['sigma']:.3g}; "
-                     f"ε = {p['per_query_epsilon']:.3g} per query) | {p['queries_bought']} | "
+        per_query_eps = "" if "per query" in p["mechanism"] else f"; ε = {p['per_query_epsilon']:.3g} per query"
+        lines.append(f"| {p['budget_mode']} | {p['total_epsilon']:.3g} | {p['mechanism']} (σ = {p['sigma']:.3g}"
+                     f"{per_query_eps}) | {p['queries_bought']} | "
                      f"{p['direct_answer_accuracy']:.3f} | {_f(p['student_accuracy'])} |")
     lines += ["", "## Student exposure (membership of the owners' training records)", "",
               "| student | attack | members / non-members | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR | empirical ε lower bound "
