@@ -413,6 +413,8 @@ TABLE_COLUMNS = [
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
+    if isinstance(v, str):  # NaN as written to JSON
+        return "–" if v.lower() in ("nan", "") else v
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
@@ -471,11 +473,13 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["", "Members: random owner training records; non-members: the evaluation images (no owner and not the "
               "student saw them). The empirical bound is at δ = 1e-5, threshold chosen on half the records and tested "
               "on the other half; 'max refutable' is what a perfect attack could show with this sample, so a bound "
-              "above it cannot be refuted here at all. Non-members come from the test split, members from the "
-              "training split, and the student was trained on the client's pool (test split); the writers of the "
-              "two splits differ, so the distribution difference can bias the attack either way (an AUC below 0.5: "
-              "the student is more confident on the non-members, whose writers are those of its own pool). "
-              "Membership is fixed, not randomised as in a DP audit game: the comparison is descriptive.", ""]
+              "above it cannot be refuted here at all (a 'yes' with a bound above 'max refutable' says only that "
+              "nothing was refuted). Non-members come from the test split, members from the training split, and "
+              "the student was trained on the client's pool (" + ("the test split too; MNIST's training and test "
+              "writers differ" if r["dataset"] == "mnist" else "the validation split") + "): the distribution "
+              "difference can bias the attack either way (an AUC below 0.5 means the student is more confident on "
+              "the non-members). Membership is fixed, not randomised as in a DP audit game: the comparison is "
+              "descriptive.", ""]
     return "\n".join(lines)
 
 
