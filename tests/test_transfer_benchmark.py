@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pricure_crypten.experiments.transfer import gnmax_total_epsilon, queries_within
+from pricure_crypten.experiments.transfer import gaussian_with_sigma, gnmax_total_epsilon, queries_within
 from pricure_crypten.privacy.noise import ConfidentGNMax, calibrate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,8 +61,12 @@ def test_accounting_columns_match_the_library(quick_run: Path) -> None:
         expected = gnmax_total_epsilon(mechanism, queries=q, answered=a, delta=1e-5, mode=mode)
         assert record["epsilon"][mode] == pytest.approx(expected, rel=1e-12)
     assert record["epsilon"]["answered-only"] <= record["epsilon"]["conservative"]
-    direct = calibrate(epsilon=1.0, mechanism="gaussian", delta=1e-5)
+    per_query_1 = calibrate(epsilon=1.0, mechanism="gaussian", delta=1e-5)
+    plain_gnmax = gaussian_with_sigma(m["sigma2"], delta=1e-5)  # PATE's argmax noise without the threshold step
+    assert len(record["per_query"]) == 4
     for entry in record["per_query"]:
+        direct = per_query_1 if entry["mechanism"].startswith("Gaussian noisy argmax") else plain_gnmax
+        assert entry["sigma"] == pytest.approx(direct.scale, rel=1e-9)
         assert entry["queries_bought"] == queries_within(direct, total=entry["total_epsilon"], delta=1e-5)
     assert {s["student"] for s in record["students"]} == {"supervised", "semi-supervised"}
 
