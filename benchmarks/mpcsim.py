@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=640)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--root", default=None, help="data root of file-backed datasets (e.g. ../shared/data/mnist)")
-    p.add_argument("--arch", default="mlp16", help="mlp16 (one hidden layer of 16) or a zoo name, e.g. coarse_cnn")
+    p.add_argument("--arch", default="mlp16", help="mlp<H> (one hidden layer of H, e.g. mlp16) or a zoo name, "
+                                                   "e.g. coarse_cnn")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--epsilon", type=float, default=1.0, help="per-query epsilon of the noise")
     p.add_argument("--mechanism", default="laplace", choices=["laplace", "gaussian"])
@@ -63,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _architecture(name: str, dataset: Any) -> dict[str, Any]:
     shape = dataset.input_shape
-    if name == "mlp16":
-        return {"name": "mlp", "in_features": int(np.prod(shape)), "num_classes": dataset.num_classes, "hidden": [16]}
+    if name.startswith("mlp") and name[3:].isdigit():
+        return {"name": "mlp", "in_features": int(np.prod(shape)), "num_classes": dataset.num_classes,
+                "hidden": [int(name[3:])]}
     return {"name": name, "in_channels": shape[0], "image_size": shape[1], "num_classes": dataset.num_classes}
 
 

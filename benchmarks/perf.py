@@ -36,6 +36,7 @@ from pricure_crypten import (
     Aggregation,
     Batching,
     Client,
+    Cluster,
     ExperimentOptions,
     ModelOwner,
     PrivateEnsemble,
@@ -53,16 +54,18 @@ IMAGE = (1, 28, 28)
 README_FEATURES = 30
 
 
-def _arch(name: str) -> dict[str, Any]:
+def _arch(name: str, num_classes: int = 2) -> dict[str, Any]:
     if name == "readme_mlp":
-        return {"name": "mlp", "in_features": README_FEATURES, "num_classes": 2, "hidden": [16]}
-    return {"name": name, "in_channels": 1, "image_size": 28, "num_classes": 2}
+        return {"name": "mlp", "in_features": README_FEATURES, "num_classes": num_classes, "hidden": [16]}
+    if name.startswith("mlp") and name[3:].isdigit():  # mlp16: a 28x28 image flattened, one hidden layer of 16
+        return {"name": "mlp", "in_features": 28 * 28, "num_classes": num_classes, "hidden": [int(name[3:])]}
+    return {"name": name, "in_channels": 1, "image_size": 28, "num_classes": num_classes}
 
 
-def _owners(arch: str, count: int, seed: int) -> list[ModelOwner]:
+def _owners(arch: str, count: int, seed: int, num_classes: int = 2) -> list[ModelOwner]:
     shape = (README_FEATURES,) if arch == "readme_mlp" else IMAGE
-    return [ModelOwner(name=f"owner-{i}", model=build_model(_arch(arch), seed=seed * 100_003 + i).eval(),
-                       input_shape=shape, num_classes=2) for i in range(count)]
+    return [ModelOwner(name=f"owner-{i}", model=build_model(_arch(arch, num_classes), seed=seed * 100_003 + i).eval(),
+                       input_shape=shape, num_classes=num_classes) for i in range(count)]
 
 
 def _queries(arch: str, batch: int, seed: int) -> torch.Tensor:
@@ -72,7 +75,8 @@ def _queries(arch: str, batch: int, seed: int) -> torch.Tensor:
     return torch.rand((batch, *IMAGE), generator=generator)
 
 
-def _measure(ensemble: PrivateEnsemble, queries: torch.Tensor, *, repeats: int, stock: bool) -> dict[str, Any]:
+def _measure(ensemble: PrivateEnsemble, queries: torch.Tensor, *, repeats: int, stock: bool,
+             profile: bool = True) -> dict[str, Any]:
     """``repeats`` calls of one batch; with ``stock`` each call's tuples are precomputed first (offline)."""
     client = Client("bench")
     rows = len(queries)
@@ -81,7 +85,7 @@ def _measure(ensemble: PrivateEnsemble, queries: torch.Tensor, *, repeats: int, 
         if stock:
             offline.append(ensemble.precompute(rows))
         online.append(ensemble.predict(queries, client=client).cost)
-    profile = ensemble.profile(queries, stock=stock)
+    stages = ensemble.profile(queries, stock=stock) if profile else {}
     figures = {
         "seconds_per_query": statistics.median(c.seconds_per_query for c in online),
         "mpc_seconds_per_batch": statistics.median(c.mpc_seconds for c in online),
@@ -90,7 +94,7 @@ def _measure(ensemble: PrivateEnsemble, queries: torch.Tensor, *, repeats: int, 
         "rounds_per_batch": max(c.rounds for c in online),
         "bytes_per_query": max(c.bytes_per_query for c in online),
         "dealer_requests": max(c.dealer_requests for c in online),
-        **{f"profile_{stage}_seconds": seconds for stage, seconds in profile.items()},
+        **{f"profile_{stage}_seconds": seconds for stage, seconds in stages.items()},
     }
     if offline:
         figures.update(
@@ -105,22 +109,33 @@ def _measure(ensemble: PrivateEnsemble, queries: torch.Tensor, *, repeats: int, 
 
 
 def run_configuration(arch: str, owners_count: int, batch: int, *, stacking: bool, repeats: int, seed: int,
-                      modes: Sequence[str] = ("live", "precomputed")) -> dict[str, Any]:
-    """One ensemble: the dealer on-line and/or from stock, the plaintext ensemble, peaks and ratios."""
-    owners = _owners(arch, owners_count, seed)
+                      modes: Sequence[str] = ("live", "precomputed"), cluster: Cluster | None = None,
+                      num_classes: int = 2, noise: Any = None, profile: bool = True) -> dict[str, Any]:
+    """One ensemble: the dealer on-line and/or from stock, the plaintext ensemble, peaks and ratios.
+
+    ``cluster`` sets N and the timeouts (default ``Cluster()``: N = 2);
+    ``noise`` the aggregation's mechanism (default Laplace at epsilon 1 per
+    query); ``profile`` adds one profiled batch per mode.
+    """
+    cluster = cluster or Cluster()
+    servers = cluster.num_servers
+    owners = _owners(arch, owners_count, seed, num_classes)
     queries = _queries(arch, batch, seed)
-    row: dict[str, Any] = {"arch": arch, "owners": owners_count, "batch": batch, "servers": 2,
+    row: dict[str, Any] = {"arch": arch, "owners": owners_count, "batch": batch, "servers": servers,
                            "stacking": stacking, "repeats": repeats}
-    aggregation = Aggregation(noise=calibrate(epsilon=1.0, mechanism="laplace"))
+    aggregation = Aggregation(noise=noise if noise is not None else calibrate(epsilon=1.0, mechanism="laplace"))
     begin = time.perf_counter()
     with PrivateEnsemble(owners, aggregation=aggregation, batching=Batching(enabled=False, max_rows=max(256, batch)),
+                         cluster=cluster,
                          experiment=ExperimentOptions(stacking=stacking)) as ensemble:
         row["startup_seconds"] = time.perf_counter() - begin
         ensemble.predict(queries)  # warm-up, not measured
         for mode in modes:
-            row.update({f"{mode}_{k}": v for k, v in _measure(ensemble, queries, repeats=repeats,
+            row.update({f"{mode}_{k}": v for k, v in _measure(ensemble, queries, repeats=repeats, profile=profile,
                                                                stock=mode == "precomputed").items()})
+        server_peaks = [largest_peak_mib([pid]) for pid in ensemble.cluster.server_pids]
         row["server_peak_mib"] = largest_peak_mib(ensemble.cluster.server_pids)
+        row["server_peaks_mib"] = " ".join("-" if p is None else f"{p:.0f}" for p in server_peaks)
         row["dealer_peak_mib"] = largest_peak_mib([ensemble.cluster.dealer_pid])
     plain = measure_plaintext([o.model for o in owners], queries, repeats=repeats)
     row["plaintext_seconds_per_query"] = plain.median

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .env import REPO_ROOT, environment
 from .grid import Grid, select
+from .k250 import k250_suite
 from .exposure import DEFAULT_MNIST_ROOT, exposure_markdown, exposure_suite
 from .mia import mia_report, mia_suite
 from .perf import perf_report, perf_suite
@@ -33,9 +34,10 @@ from .suites import batch_suite, owners_suite, servers_suite
 from .transfer import transfer_suite
 from .utility import utility_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility", "transfer")
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility", "k250", "transfer")
 # exposure: MIA where noiseless leaks. "mia" (attacks, minutes), "exposure" and "utility" (trains up to
-# 250 owners per point, an hour) only when asked for
+# 250 owners per point, an hour) and "k250" (K = 250 cost, N = 2 and 3; also `python -m benchmarks.k250`,
+# which writes docs/results/k250-cost.*) only when asked for
 DEFAULT_SUITES = ("owners", "servers", "batch", "privacy", "perf")
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "medmnist"
 
@@ -85,6 +87,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "mia": lambda: mia_suite(quick=args.quick, seed=args.seed, root=args.data_root),
         "exposure": lambda: exposure_suite(quick=args.quick, seed=args.seed, root=args.mnist_root),
         "utility": lambda: utility_suite(quick=args.quick, seed=args.seed, out=args.out),
+        "k250": lambda: k250_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
         "transfer": lambda: transfer_suite(quick=args.quick, seed=args.seed, out=args.out),
     }
     return runners[name]()

@@ -23,6 +23,7 @@ from pricure_crypten.experiments.training import (
     class_weights,
     load_owner,
     save_owner,
+    shift_images,
     train_owner,
     train_owners,
 )
@@ -220,6 +221,8 @@ def test_class_weighting_raises_minority_recall():
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"epochs": 0}, "epochs"),
         ({"lr": -1.0}, "lr"),
+        ({"shift": 2}, "shift"),  # breast-cancer rows are not images
+        ({"shift": -1}, "shift"),
     ],
 )
 def test_train_owner_rejects_bad_arguments(breast_cancer, kwargs, match):
@@ -275,3 +278,35 @@ def test_a_trailing_minibatch_of_one_does_not_break_batchnorm_models():
         model.train()(x[:1])  # the failure the training loop must avoid
     trained = train_owner(model, x, y, num_classes=2, epochs=2, batch_size=32, val_fraction=0.2, seed=0)
     assert trained is not None
+
+
+def test_shift_images_translates_each_image_by_at_most_shift_pixels_with_zero_fill():
+    """One bright pixel per image, far enough from the border: it must land within [-2, 2]^2 of where it was,
+    the image's total stays the same (nothing wraps around), and over 400 images every one of the 25 offsets
+    occurs (each has probability 1/25: P(some offset missing) <= 25 * (24/25)**400 < 1e-5)."""
+    x = torch.zeros(400, 1, 12, 12)
+    x[:, 0, 5, 6] = 1.0
+    shifted = shift_images(x, 2, generator=torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape
+    assert torch.equal(shifted.sum(dim=(1, 2, 3)), torch.ones(400))
+    where = shifted[:, 0].flatten(1).argmax(dim=1)
+    offsets = {(int(i) // 12 - 5, int(i) % 12 - 6) for i in where}
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert shift_images(x, 0, generator=torch.Generator()) is x
+
+
+def test_shift_images_drops_what_leaves_the_frame():
+    """A pixel in the corner leaves the frame for about 2/3 of the offsets along each axis that move it out."""
+    x = torch.zeros(200, 1, 6, 6)
+    x[:, 0, 0, 0] = 1.0
+    kept = shift_images(x, 1, generator=torch.Generator().manual_seed(1)).sum(dim=(1, 2, 3))
+    assert set(kept.tolist()) == {0.0, 1.0}  # moved up or left: gone (zero fill, no wrap-around)
+
+
+def test_training_with_shift_is_deterministic_and_differs_from_no_shift(digits):
+    x, y = digits.train_x[:120], digits.train_y[:120]
+    arch = default_architecture(digits)
+    runs = [train_owner(build_model(arch, seed=0), x, y, num_classes=10, epochs=3, seed=0, quiet=True, shift=shift)
+            for shift in (1, 1, 0)]
+    assert _states_equal(runs[0].model, runs[1].model)
+    assert not _states_equal(runs[0].model, runs[2].model)

@@ -125,51 +125,71 @@ def fixed_point_logits(owners: Sequence[ModelOwner], queries: Any) -> np.ndarray
     folded, as shared). What is left between these and the servers' logits is
     their truncations only (:func:`truncation_error_bound`).
     """
-    import torch.nn.functional as F
-
-    x0 = torch.from_numpy(_grid(torch.as_tensor(np.asarray(queries)).double().numpy()))
+    x0 = _grid_queries(queries)
     outputs = []
     for owner in owners:
         x = x0
         for spec in owner.layers:
-            params = [torch.from_numpy(_grid(p)) for p in spec.params]
-            if spec.kind == "linear":
-                x = F.linear(x, *params)
-            elif spec.kind == "conv2d":
-                x = F.conv2d(x, *params, stride=spec.option("stride"), padding=spec.option("padding"),
-                             dilation=spec.option("dilation"))
-            elif spec.kind in ("avgpool2d", "maxpool2d"):
-                pool = F.avg_pool2d if spec.kind == "avgpool2d" else F.max_pool2d
-                x = pool(x, spec.option("kernel_size"), spec.option("stride"), spec.option("padding"))
-            elif spec.kind == "flatten":
-                x = x.flatten(1)
-            elif spec.kind == "relu":
-                x = x.clamp(min=0)
-            elif spec.kind == "square":
-                x = x * x
-            elif spec.kind == "affine":
-                shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
-                x = x * params[0].reshape(shape) + params[1].reshape(shape)
-            else:
-                raise ValueError(f"owner {owner.name}: no fixed-point reference for layer kind {spec.kind!r}")
+            x = _fixed_point_layer(owner, spec, x)
         outputs.append(x.numpy())
     return np.stack(outputs)
 
 
-def truncation_error_bound(owners: Sequence[ModelOwner], *, num_servers: int = 2) -> float:
+def _grid_queries(queries: Any) -> torch.Tensor:
+    return torch.from_numpy(_grid(torch.as_tensor(np.asarray(queries)).double().numpy()))
+
+
+def _fixed_point_layer(owner: ModelOwner, spec: Any, x: torch.Tensor) -> torch.Tensor:
+    """One converted layer on float64 inputs, its parameters on the 2**-16 grid (see :func:`fixed_point_logits`)."""
+    import torch.nn.functional as F
+
+    params = [torch.from_numpy(_grid(p)) for p in spec.params]
+    if spec.kind == "linear":
+        return F.linear(x, *params)
+    if spec.kind == "conv2d":
+        return F.conv2d(x, *params, stride=spec.option("stride"), padding=spec.option("padding"),
+                        dilation=spec.option("dilation"))
+    if spec.kind in ("avgpool2d", "maxpool2d"):
+        pool = F.avg_pool2d if spec.kind == "avgpool2d" else F.max_pool2d
+        return pool(x, spec.option("kernel_size"), spec.option("stride"), spec.option("padding"))
+    if spec.kind == "flatten":
+        return x.flatten(1)
+    if spec.kind == "relu":
+        return x.clamp(min=0)
+    if spec.kind == "square":
+        return x * x
+    if spec.kind == "affine":
+        shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+        return x * params[0].reshape(shape) + params[1].reshape(shape)
+    raise ValueError(f"owner {owner.name}: no fixed-point reference for layer kind {spec.kind!r}")
+
+
+def truncation_error_bound(owners: Sequence[ModelOwner], *, num_servers: int = 2, queries: Any = None) -> float:
     """A worst-case bound on |server logit - :func:`fixed_point_logits`| over all owners (inf if none is known).
 
-    Assumes each truncating step (Linear, Conv2d, AvgPool2d, affine) errs by at
-    most ``num_servers`` units of 2**-16 per output; later layers amplify an
-    input error by at most their operator inf-norm (the largest absolute row
-    sum of the weights; ReLU, MaxPool, Flatten by 1). Square (its error
-    depends on the values) gives inf.
+    Assumes each truncating step (Linear, Conv2d, AvgPool2d, affine, Square)
+    errs by at most ``num_servers`` units of 2**-16 per output; later layers
+    amplify an input error by at most their operator inf-norm (the largest
+    absolute row sum of the weights; ReLU, MaxPool, Flatten by 1). Square's
+    error depends on the values: with input error at most E around the
+    reference input x, ``|(x + E')**2 - x**2| <= (2 |x| + E) E``, so with
+    ``queries`` (the bound then holds for these queries only) it uses the
+    largest |x| of the reference evaluation of those queries at that layer;
+    without them a Square gives inf.
     """
     unit = num_servers / SCALE
     worst = 0.0
+    x0 = None if queries is None else _grid_queries(queries)
     for owner in owners:
         error = 0.0
+        x = x0
         for spec in owner.layers:
+            if spec.kind == "square":
+                if x is None:
+                    return math.inf
+                error = (2 * float(x.abs().max()) + error) * error + unit
+            if x is not None:
+                x = _fixed_point_layer(owner, spec, x)
             if spec.kind in ("linear", "conv2d"):
                 weight = np.abs(_grid(spec.params[0]))
                 error = float(weight.reshape(weight.shape[0], -1).sum(axis=1).max()) * error + unit
@@ -177,8 +197,6 @@ def truncation_error_bound(owners: Sequence[ModelOwner], *, num_servers: int = 2
                 error = float(np.abs(_grid(spec.params[0])).max()) * error + unit
             elif spec.kind == "avgpool2d":
                 error += unit
-            elif spec.kind == "square":
-                return math.inf
         worst = max(worst, error)
     return worst
 
@@ -410,7 +428,7 @@ def compare_mpc_to_simulation(
     cluster = cluster if cluster is not None else Cluster()
     logits = fixed_point_logits(owners, queries)
     counts = histogram(logits, aggregation="vote", logit_bound=logit_bound)
-    bound = truncation_error_bound(owners, num_servers=cluster.num_servers)
+    bound = truncation_error_bound(owners, num_servers=cluster.num_servers, queries=queries)
     if margin_bound < bound:
         raise ValueError(f"margin_bound {margin_bound:g} is below the worst-case truncation error {bound:g} of these "
                          "owners under MPC: exclusions would not be sound")

@@ -94,6 +94,7 @@ def train_owner(
     class_weighted: bool = True,
     val_fraction: float = 0.2,
     patience: int = 10,
+    shift: int = 0,
     seed: int = 0,
     desc: str | None = None,
     position: int | None = None,
@@ -113,6 +114,11 @@ def train_owner(
         val_fraction: share of the shard held out for early stopping
             (at least one sample), in (0, 1).
         patience: stop after this many epochs without a lower validation loss.
+        shift: data augmentation for image inputs (``x`` of shape N x C x H x W):
+            every training minibatch example is translated by a random
+            whole-pixel offset in [-shift, shift] along each axis (zero
+            fill); 0 (default) trains on the images as they are. The
+            validation split is never augmented.
         seed: seeds the validation split, data order and random layers.
         desc, position: label and line of the tqdm progress bar.
         quiet: disable the progress bar.
@@ -129,6 +135,9 @@ def train_owner(
         val_fraction=val_fraction,
         patience=patience,
     )
+    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0 or (shift and x.dim() != 4):
+        raise ValueError(f"shift must be a non-negative integer (and 0 unless x holds N x C x H x W images), "
+                         f"got {shift!r} for x of shape {tuple(x.shape)}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=generator)
     n_val = min(max(1, round(len(y) * val_fraction)), len(y) - 1)
@@ -144,7 +153,7 @@ def train_owner(
         torch.manual_seed(seed)
         for epoch in bar:
             train_loss = _run_epoch(
-                model, optimizer, fit_x, fit_y, weights, batch_size=batch_size, generator=generator
+                model, optimizer, fit_x, fit_y, weights, batch_size=batch_size, generator=generator, shift=shift
             )
             val_loss, val_accuracy = _evaluate(model, val_x, val_y, weights)
             history.append(
@@ -191,7 +200,7 @@ def train_owners(
             seeded from ``(seed, owner index)``.
         quiet: no progress bars.
         **options: passed to :func:`train_owner` (``epochs``, ``batch_size``,
-            ``lr``, ``class_weighted``, ``val_fraction``, ``patience``).
+            ``lr``, ``class_weighted``, ``val_fraction``, ``patience``, ``shift``).
     """
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -257,8 +266,18 @@ def _validate_training(x, y, *, epochs, batch_size, lr, val_fraction, patience) 
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 
 
-def _run_epoch(model, optimizer, x, y, weights, *, batch_size, generator) -> float:
-    """One pass over (x, y) in random minibatches; returns the mean training loss."""
+def shift_images(x: torch.Tensor, shift: int, *, generator: torch.Generator) -> torch.Tensor:
+    """Each image of ``x`` (N x C x H x W) translated by its own random offset in [-shift, shift]^2, zero fill."""
+    if shift == 0:
+        return x
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (shift, shift, shift, shift))
+    offsets = torch.randint(0, 2 * shift + 1, (len(x), 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+
+
+def _run_epoch(model, optimizer, x, y, weights, *, batch_size, generator, shift: int = 0) -> float:
+    """One pass over (x, y) in random minibatches (each shifted, see :func:`shift_images`); the mean loss."""
     model.train()
     total = 0.0
     batches = list(torch.randperm(len(y), generator=generator).split(batch_size))
@@ -268,7 +287,7 @@ def _run_epoch(model, optimizer, x, y, weights, *, batch_size, generator) -> flo
         batches[-2:] = [torch.cat(batches[-2:])]  # BatchNorm cannot normalise a batch of one example
     for batch in batches:
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x[batch]), y[batch], weight=weights)
+        loss = F.cross_entropy(model(shift_images(x[batch], shift, generator=generator)), y[batch], weight=weights)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
