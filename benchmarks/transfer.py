@@ -4,12 +4,19 @@ Question: how good a model can a client get, and at what TOTAL epsilon, by
 privately labelling part of its own pool with K owners' Confident-GNMax
 ensemble and training a student on it, against asking every query directly?
 
-Setting (MNIST, PATE 2018's): K = 250 owners on DISJOINT 240-image shards of
-the 60,000 MNIST training images (the loader's training and validation splits
-together, seeded permutation, 250 x 240 = all of them); each owner trains
-``arch`` (default ``coarse_cnn``, the project's MPC-friendly CNN) with the
-project's recipe (:func:`pricure_crypten.experiments.training.train_owners`:
-Adam, class-weighted loss, 20% of the shard held out for early stopping).
+Setting (MNIST, PATE 2018's, with a membership hold-out): K = 250 owners on
+DISJOINT 236-image shards of the first 59,000 of the 60,000 MNIST training
+images (the loader's training and validation splits together, in that order;
+seeded permutation, 250 x 236 = all 59,000; PATE used 240-image shards of all
+60,000). The last ``holdout`` = 1,000 training images (59,000..59,999) are
+never seen by an owner, never queried and not in the student's data: they
+are the non-members of the exposure audit. Each owner trains ``arch``
+(default ``hybrid_cnn``) with the recipe of ``benchmarks.teachers`` (the
+K = 250 teacher trade-off, docs/results/k250-teachers.md: owner accuracy
+0.904 on 240-image shards): :func:`pricure_crypten.experiments.training.train_owners`
+with Adam lr 3e-3, batch 32, class-weighted loss, at most 150 epochs, early
+stopping with patience 25 on 10% of the shard, random shifts of up to 2
+pixels (training augmentation).
 The client's pool is the FIRST 9,000 MNIST test images (as in PATE); it asks
 the first ``queries`` = 640 of them; the student is evaluated on the LAST
 1,000 test images, which were never queried and never seen by an owner. (The
@@ -42,29 +49,31 @@ SEEDED, a test-only mode, for reproducibility). Reported:
   over the evaluation images, one noise draw each), and a supervised student
   on that many directly labelled pool rows;
 * the student's membership exposure w.r.t. the OWNERS' training records
-  (members: ``mia_records`` random owner records; non-members: the evaluation
-  images, seen by no owner and not by the student): white-box confidence
-  (probability of the true label) and label-only (augmentation attack,
-  Choquette-Choo et al. 2021), audited with Clopper-Pearson
+  (members: ``mia_records`` records drawn (seeded) from the owners' shards;
+  non-members: the ``holdout`` training-split records held out from every
+  owner, never queried and not in the student's data, so members and
+  non-members come from the same split and distribution): white-box
+  confidence (probability of the true label) and label-only (augmentation
+  attack, Choquette-Choo et al. 2021), audited with Clopper-Pearson
   (:func:`pricure_crypten.experiments.transfer.membership_exposure`), against
-  the total epsilon in each mode. Caveats: members come from MNIST's training
-  split and non-members from its test split, whose writers differ (MNIST's
-  training and test writers are disjoint) while the student was trained on
-  the client's pool, also from the test split. The distribution difference
-  can bias the attack either way: an AUC below 1/2 means the student is MORE
-  confident on the non-members (test-split writers, like its own pool) than
-  on the owners' records, which hides membership signal rather than adding
-  any. Membership here is fixed, not randomised as in a DP audit game: the
-  bound is descriptive.
+  the total epsilon in each mode. Membership here is fixed, not randomised as
+  in a DP audit game: the bound is descriptive. (An earlier design took the
+  non-members from the test split, like the student's pool; that biased the
+  attack, AUC < 1/2.)
 
-PneumoniaMNIST: owners on disjoint 240-image shards of its training split
-(3,882 images in the shared file), so K = 16 (the most 240-image shards the
-training split holds, as on MNIST; with smaller shards the owners collapse to
-the majority class: see docs/results/utility-k.md, K >= 25); Confident-GNMax with PATE's parameters
+PneumoniaMNIST: the last ``holdout`` = 400 of its 3,882 training images
+(shared file) are held out as the audit's non-members; owners on disjoint
+240-image shards of the remaining 3,482, so K = 14 (the most 240-image shards
+they hold; with smaller shards the owners collapse to the majority class: see
+docs/results/utility-k.md, K >= 25), same owner recipe (``hybrid_cnn``);
+400 members drawn from the shards; Confident-GNMax with PATE's parameters
 scaled to K (T = 0.8K, sigma1 = 0.6K, sigma2 = 0.16K); the pool is its 524
 validation images (200 queried), the evaluation set its 624 test images.
 
-Owners' votes are cached in ``OUT/transfer-cache`` (rerunning is cheap). Run:
+Owners' votes are cached one file per owner in ``--cache`` (default
+``OUT/transfer-cache``, gitignored; rerunning or resuming is cheap; ``--train-part
+I/N`` trains only owners ``k % N == I`` into the cache, so N processes can share
+the training). Run:
 ``python -m benchmarks.run --suite transfer --out DIR`` (both datasets), or
 ``python -m benchmarks.transfer --out docs/results --dataset mnist [--arch NAME]``;
 ``--quick``: digits, 4 owners, a few queries, a few hundred student steps.
@@ -91,7 +100,8 @@ from pricure_crypten.experiments.attacks.augmentation import AugmentationAttack
 from pricure_crypten.experiments.attacks.oracle import SingleOwnerOracle
 from pricure_crypten.experiments.data import Dataset, DatasetNotFoundError, load_dataset
 from pricure_crypten.experiments.student import StudentConfig, student_predict, student_probabilities, train_student
-from pricure_crypten.experiments.training import train_owners
+from pricure_crypten.experiments.models import build_model
+from pricure_crypten.experiments.training import train_owner
 from pricure_crypten.experiments.transfer import (answered_labels, confidence_scores, gnmax_total_epsilon,
                                                   gaussian_with_sigma, membership_exposure, optional_float,
                                                   queries_within)
@@ -113,15 +123,19 @@ class TransferConfig:
 
     dataset: str = "mnist"
     owners: Optional[int] = 250          # None: as many ``shard_size`` shards as the owners' data holds
-    shard_size: int = 240
+    shard_size: int = 236
+    holdout: int = 1000                  # last ``holdout`` records of the owners' split: the audit's non-members
     layout: str = "pate"                 # "pate": owners = train+val, pool/eval = test; "val-pool": owners = train,
                                          # pool = val, eval = test
     eval_size: int = 1000                # "pate": the last eval_size test images
     queries: int = 640
-    arch: str = "coarse_cnn"
-    epochs: int = 15
-    patience: int = 3
+    arch: str = "hybrid_cnn"             # owner recipe: benchmarks.teachers (docs/results/k250-teachers.md)
+    epochs: int = 150
+    patience: int = 25
     batch_size: int = 32
+    lr: float = 3e-3
+    val_fraction: float = 0.1
+    shift: int = 2
     threshold: float = 200.0             # absolute at ``owners``; scaled by owners / 250 otherwise
     sigma1: float = 150.0
     sigma2: float = 40.0
@@ -137,9 +151,10 @@ class TransferConfig:
 
 
 MNIST = TransferConfig()
-PNEUMONIA = TransferConfig(dataset="pneumoniamnist", owners=None, layout="val-pool", queries=200, mia_records=624)
-QUICK = TransferConfig(dataset="digits", owners=4, shard_size=200, eval_size=80, queries=40, epochs=2, patience=1,
-                       student_steps=40, mia_records=60, aug_n=2, smooth=False)
+PNEUMONIA = TransferConfig(dataset="pneumoniamnist", owners=None, shard_size=240, holdout=400, layout="val-pool",
+                           queries=200, mia_records=400)
+QUICK = TransferConfig(dataset="digits", owners=4, shard_size=200, holdout=60, eval_size=80, queries=40, epochs=2,
+                       patience=1, student_steps=40, mia_records=60, aug_n=2, smooth=False)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -153,6 +168,8 @@ def _root(name: str, data: Path) -> Optional[Path]:
 class Split:
     owners_x: torch.Tensor
     owners_y: torch.Tensor
+    holdout_x: torch.Tensor   # same split as the owners' data, seen by no owner, not queried, not the student's
+    holdout_y: torch.Tensor
     pool_x: torch.Tensor
     pool_y: torch.Tensor
     eval_x: torch.Tensor
@@ -160,16 +177,27 @@ class Split:
 
 
 def split(dataset: Dataset, config: TransferConfig) -> Split:
-    """Owners' data, the client's pool and the evaluation set (disjoint; see the module docstring)."""
+    """Owners' data, the hold-out, the client's pool and the evaluation set (disjoint; see the module docstring).
+
+    The hold-out is the last ``config.holdout`` records of the owners' split (training split: train + val for
+    "pate", train for "val-pool"); the owners' data is the rest.
+    """
     if config.layout == "pate":
         ox, oy = torch.cat([dataset.train_x, dataset.val_x]), torch.cat([dataset.train_y, dataset.val_y])
         cut = len(dataset.test_y) - config.eval_size
         if cut <= config.queries:
             raise ValueError(f"{dataset.name}: a pool of {cut} test images cannot hold {config.queries} queries")
-        return Split(ox, oy, dataset.test_x[:cut], dataset.test_y[:cut], dataset.test_x[cut:], dataset.test_y[cut:])
-    if config.layout == "val-pool":
-        return Split(dataset.train_x, dataset.train_y, dataset.val_x, dataset.val_y, dataset.test_x, dataset.test_y)
-    raise ValueError(f"layout must be 'pate' or 'val-pool', got {config.layout!r}")
+        pool_x, pool_y, eval_x, eval_y = dataset.test_x[:cut], dataset.test_y[:cut], dataset.test_x[cut:], \
+            dataset.test_y[cut:]
+    elif config.layout == "val-pool":
+        ox, oy = dataset.train_x, dataset.train_y
+        pool_x, pool_y, eval_x, eval_y = dataset.val_x, dataset.val_y, dataset.test_x, dataset.test_y
+    else:
+        raise ValueError(f"layout must be 'pate' or 'val-pool', got {config.layout!r}")
+    if not 2 <= config.holdout < len(oy):
+        raise ValueError(f"{dataset.name}: holdout must be in [2, {len(oy)}), got {config.holdout}")
+    keep = len(oy) - config.holdout
+    return Split(ox[:keep], oy[:keep], ox[keep:], oy[keep:], pool_x, pool_y, eval_x, eval_y)
 
 
 def owner_count(config: TransferConfig, available: int) -> int:
@@ -186,39 +214,60 @@ def shards(available: int, owners: int, size: int, seed: int) -> list[np.ndarray
     return [np.sort(order[i * size:(i + 1) * size]) for i in range(owners)]
 
 
-def _cache_path(cache: Path, config: TransferConfig, owners: int) -> Path:
-    return cache / (f"{config.dataset}-{config.layout}-K{owners}-s{config.shard_size}-{config.arch}-"
-                    f"e{config.epochs}p{config.patience}b{config.batch_size}-seed{config.seed}.npz")
+def _cache_dir(cache: Path, config: TransferConfig, owners: int) -> Path:
+    return cache / (f"{config.dataset}-{config.layout}-h{config.holdout}-K{owners}-s{config.shard_size}-{config.arch}-"
+                    f"e{config.epochs}p{config.patience}b{config.batch_size}lr{config.lr:g}v{config.val_fraction:g}"
+                    f"sh{config.shift}-seed{config.seed}")
 
 
-def owner_votes(dataset: Dataset, data: Split, *, owners: int, config: TransferConfig, cache: Path) -> dict[str, Any]:
-    """Train the K owners; their votes on the pool and the evaluation set, (K, pool + eval). Cached."""
-    path = _cache_path(cache, config, owners)
-    if path.exists():
-        saved = np.load(path)
-        return {k: saved[k] for k in saved.files}
-    parts = shards(len(data.owners_y), owners, config.shard_size, config.seed)
-    owned = replace(dataset, train_x=data.owners_x, train_y=data.owners_y)
+def _train_one(dataset: Dataset, data: Split, part: np.ndarray, owner: int, config: TransferConfig) -> dict[str, Any]:
+    """Owner ``owner`` (seeded from ``(seed, owner)`` as in ``train_owners``): votes on pool + eval, accuracy."""
     arch = {"name": config.arch, "in_channels": dataset.input_shape[0], "image_size": dataset.input_shape[1],
             "num_classes": dataset.num_classes}
+    owner_seed = int(np.random.SeedSequence([config.seed, owner]).generate_state(1)[0])
+    index = torch.as_tensor(np.asarray(part), dtype=torch.int64)
     begin = time.perf_counter()
-    results = train_owners(owned, parts, arch=arch, seed=config.seed, quiet=True, epochs=config.epochs,
-                           patience=config.patience, batch_size=config.batch_size)
+    result = train_owner(build_model(arch, seed=owner_seed), data.owners_x[index], data.owners_y[index],
+                         num_classes=dataset.num_classes, seed=owner_seed, quiet=True, epochs=config.epochs,
+                         patience=config.patience, batch_size=config.batch_size, lr=config.lr,
+                         val_fraction=config.val_fraction, shift=config.shift)
     seconds = time.perf_counter() - begin
     x = torch.cat([data.pool_x, data.eval_x])
-    truth_eval = data.eval_y.numpy()
-    votes, accuracy = [], []
     with torch.no_grad():
-        for result in results:
-            logits = torch.cat([result.model.eval()(x[i:i + 2048]) for i in range(0, len(x), 2048)]).double().numpy()
-            accuracy.append(float((logits[len(data.pool_y):].argmax(1) == truth_eval).mean()))
-            votes.append(np.clip(logits, -DEFAULT_LOGIT_BOUND, DEFAULT_LOGIT_BOUND).argmax(axis=1))
-    found = {"votes": np.asarray(votes, dtype=np.int16), "owner_accuracy_eval": np.asarray(accuracy),
-             "parts": np.asarray(parts), "train_seconds": np.asarray(seconds),
-             "epochs_run": np.asarray([r.epochs_run for r in results])}
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **found)
-    return found
+        logits = torch.cat([result.model.eval()(x[i:i + 2048]) for i in range(0, len(x), 2048)]).double().numpy()
+    return {"votes": np.clip(logits, -DEFAULT_LOGIT_BOUND, DEFAULT_LOGIT_BOUND).argmax(axis=1).astype(np.int16),
+            "accuracy": float((logits[len(data.pool_y):].argmax(1) == data.eval_y.numpy()).mean()),
+            "seconds": seconds, "epochs_run": result.epochs_run}
+
+
+def owner_votes(dataset: Dataset, data: Split, *, owners: int, config: TransferConfig, cache: Path,
+                part: tuple[int, int] = (0, 1), log=print) -> Optional[dict[str, Any]]:
+    """Train the K owners; their votes on the pool and the evaluation set, (K, pool + eval).
+
+    Cached one file per owner, so a run resumes where it stopped; ``part = (i, n)`` trains only the owners
+    ``k % n == i`` and returns None unless all K are then cached.
+    """
+    folder = _cache_dir(cache, config, owners)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = shards(len(data.owners_y), owners, config.shard_size, config.seed)
+    i, n = part
+    for owner in range(i, owners, n):
+        path = folder / f"owner-{owner:04d}.npz"
+        if not path.exists():
+            one = _train_one(dataset, data, parts[owner], owner, config)
+            tmp = folder / f"owner-{owner:04d}.tmp.npz"
+            np.savez_compressed(tmp, **one)
+            tmp.replace(path)
+            log(f"transfer {config.dataset}: owner {owner} trained, accuracy {one['accuracy']:.3f}, "
+                f"{one['epochs_run']} epochs, {one['seconds']:.0f} s")
+    paths = [folder / f"owner-{k:04d}.npz" for k in range(owners)]
+    if not all(p.exists() for p in paths):
+        return None
+    saved = [np.load(p) for p in paths]
+    return {"votes": np.stack([s["votes"] for s in saved]), "parts": np.asarray(parts),
+            "owner_accuracy_eval": np.asarray([float(s["accuracy"]) for s in saved]),
+            "train_seconds": np.asarray(sum(float(s["seconds"]) for s in saved)),
+            "epochs_run": np.asarray([int(s["epochs_run"]) for s in saved])}
 
 
 def histogram(votes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -236,9 +285,12 @@ def _student_row(name: str, result, data: Split, labelled: int, label_accuracy: 
             "accuracy": accuracy, "mask_rate": optional_float(result.mask_rate)}
 
 
-def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
-                log=print) -> dict[str, Any]:
-    """Everything of one dataset; returns the JSON-able record (also written by :func:`write`)."""
+def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA, cache: Optional[Path] = None,
+                part: tuple[int, int] = (0, 1), log=print) -> Optional[dict[str, Any]]:
+    """Everything of one dataset; returns the JSON-able record (also written by :func:`write`).
+
+    None when ``part`` left some owners untrained (a training-only process; see :func:`owner_votes`).
+    """
     begin = time.perf_counter()
     dataset = load_dataset(config.dataset, root=_root(config.dataset, data_root), seed=0)
     data = split(dataset, config)
@@ -247,7 +299,10 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
     mechanism = ConfidentGNMax(threshold=config.threshold * scale, sigma_threshold=config.sigma1 * scale,
                                sigma=config.sigma2 * scale, delta=config.delta)
     c = dataset.num_classes
-    found = owner_votes(dataset, data, owners=k, config=config, cache=out / "transfer-cache")
+    found = owner_votes(dataset, data, owners=k, config=config, cache=cache or out / "transfer-cache", part=part,
+                        log=log)
+    if found is None:
+        return None
     log(f"transfer {config.dataset}: K={k} owners ready ({float(found['train_seconds']):.0f} s of training)")
     votes = found["votes"].astype(np.int64)
     n_pool = len(data.pool_y)
@@ -262,7 +317,10 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
     label_accuracy = float((labels == truth_pool[rows]).mean()) if answered else math.nan
     record: dict[str, Any] = {
         "dataset": config.dataset, "owners": k, "shard_size": config.shard_size, "arch": config.arch,
-        "owner_data": len(data.owners_y), "pool": n_pool, "eval": len(data.eval_y), "queries": queries,
+        "owner_recipe": {"epochs_max": config.epochs, "patience": config.patience, "batch_size": config.batch_size,
+                         "lr": config.lr, "val_fraction": config.val_fraction, "shift": config.shift,
+                         "epochs_run_mean": float(found["epochs_run"].mean())},
+        "owner_data": len(data.owners_y), "holdout": len(data.holdout_y), "pool": n_pool, "eval": len(data.eval_y), "queries": queries,
         "answered": answered, "answered_label_accuracy": label_accuracy,
         "mechanism": {"threshold": mechanism.threshold, "sigma1": mechanism.sigma_threshold,
                       "sigma2": mechanism.sigma, "num_servers": config.num_servers},
@@ -341,9 +399,8 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA,
     rng = np.random.default_rng(config.seed + 1)
     in_shards = np.concatenate(list(found["parts"]))  # records some owner trained on (not the unused remainder)
     members = rng.choice(in_shards, size=min(config.mia_records, len(in_shards)), replace=False)
-    non = np.arange(min(config.mia_records, len(data.eval_y)))
     mx, my = data.owners_x[members], data.owners_y[members].numpy()
-    nx, ny = data.eval_x[non], truth_eval[non]
+    nx, ny = data.holdout_x, data.holdout_y.numpy()  # same split, seen by no owner, not queried, not the student's
     exposure = []
     for name, result in students.items():
         conf = membership_exposure("confidence (white-box)",
@@ -412,6 +469,15 @@ TABLE_COLUMNS = [
 ]
 
 
+def _recipe(r: dict[str, Any]) -> str:
+    o = r.get("owner_recipe")
+    if not o:
+        return "–"
+    return (f"Adam lr {o['lr']:g}, batch {o['batch_size']}, at most {o['epochs_max']} epochs (mean "
+            f"{o['epochs_run_mean']:.0f} run), early stopping with patience {o['patience']} on "
+            f"{o['val_fraction']:.0%} of the shard, random shifts of up to {o['shift']} px")
+
+
 def _f(v: Any, fmt: str = ".3f") -> str:
     if isinstance(v, str):  # NaN as written to JSON
         return "–" if v.lower() in ("nan", "") else v
@@ -425,7 +491,8 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
              f"Command: `{meta['command']}`; commit `{meta['git_commit']}`{' (dirty)' if meta['git_dirty'] else ''}; "
              f"{meta['date']}; {r['wall_seconds']:.0f} s.", "",
              f"K = {r['owners']} owners (`{r['arch']}`) on disjoint {r['shard_size']}-image shards of {r['owner_data']:,} "
-             f"training images; mean owner accuracy {r['owner_accuracy_mean']:.3f} (min {r['owner_accuracy_min']:.3f}, "
+             f"training images ({r['holdout']:,} further training images held out from every owner, the audit's "
+             f"non-members); owner recipe {_recipe(r)}; mean owner accuracy {r['owner_accuracy_mean']:.3f} (min {r['owner_accuracy_min']:.3f}, "
              f"max {r['owner_accuracy_max']:.3f}); noiseless vote ensemble {r['ensemble_accuracy_eval']:.3f} on the "
              f"evaluation set. Client pool {r['pool']:,} images, {r['queries']} asked; evaluation on {r['eval']:,} "
              f"images never queried and never seen by an owner. Confident-GNMax T = {r['mechanism']['threshold']:g}, "
@@ -470,16 +537,13 @@ def markdown(record: dict[str, Any], meta: dict[str, Any]) -> str:
                      f"{_f(e['tpr_at_fpr_1pct'])} | {_f(e['tpr_at_fpr_0.1pct'])} | {e['epsilon_lower']:.3g} | "
                      f"{e['max_refutable_epsilon']:.3g} | {e['bound_conservative']:.3g} / "
                      f"{e['bound_answered_only']:.3g} | {'yes' if e['within_bound'] else 'NO'} |")
-    lines += ["", "Members: random owner training records; non-members: the evaluation images (no owner and not the "
-              "student saw them). The empirical bound is at δ = 1e-5, threshold chosen on half the records and tested "
-              "on the other half; 'max refutable' is what a perfect attack could show with this sample, so a bound "
-              "above it cannot be refuted here at all (a 'yes' with a bound above 'max refutable' says only that "
-              "nothing was refuted). Non-members come from the test split, members from the training split, and "
-              "the student was trained on the client's pool (" + ("the test split too; MNIST's training and test "
-              "writers differ" if r["dataset"] == "mnist" else "the validation split") + "): the distribution "
-              "difference can bias the attack either way (an AUC below 0.5 means the student is more confident on "
-              "the non-members). Membership is fixed, not randomised as in a DP audit game: the comparison is "
-              "descriptive.", ""]
+    lines += ["", f"Members: owner training records drawn (seeded) from the owners' shards; non-members: the "
+              f"{r['holdout']:,} held-out training-split images (same split as the members; no owner trained on them, "
+              f"never queried, not in the student's data). The empirical bound is at δ = 1e-5, threshold chosen on "
+              "half the records and tested on the other half; 'max refutable' is what a perfect attack could show "
+              "with this sample, so a bound above it cannot be refuted here at all (a 'yes' with a bound above 'max "
+              "refutable' says only that nothing was refuted). Membership is fixed, not randomised as in a DP audit "
+              "game: the comparison is descriptive.", ""]
     return "\n".join(lines)
 
 
@@ -506,16 +570,20 @@ def result_name(config: TransferConfig) -> str:
 
 
 def transfer_suite(*, quick: bool, out: Path, seed: int = 0, data: Path = DATA, arch: Optional[str] = None,
-                   configs: Optional[Sequence[TransferConfig]] = None,
-                   command: Optional[str] = None) -> Iterator[dict[str, Any]]:
+                   configs: Optional[Sequence[TransferConfig]] = None, command: Optional[str] = None,
+                   cache: Optional[Path] = None, part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
     """Yield one row per dataset (this run's table row); write ``transfer-<dataset>.{csv,json,md}`` to ``out``."""
     configs = list(configs or ([QUICK] if quick else [MNIST, PNEUMONIA]))
     for config in configs:
         config = replace(config, seed=config.seed + seed, **({"arch": arch} if arch else {}))
         try:
-            record = run_dataset(config, out=out, data_root=data)
+            record = run_dataset(config, out=out, data_root=data, cache=cache, part=part,
+                                 log=lambda m: print(m, flush=True))
         except DatasetNotFoundError as err:
             print(f"transfer: skipping {config.dataset}: {err}", flush=True)
+            continue
+        if record is None:
+            print(f"transfer {config.dataset}: part {part[0]}/{part[1]} of the owners trained", flush=True)
             continue
         write(record, _meta(config, command), out, result_name(config))
         yield table_rows(record)[0]
@@ -526,7 +594,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dataset", choices=["mnist", "pneumoniamnist"], nargs="+", default=["mnist", "pneumoniamnist"])
-    parser.add_argument("--arch", default=None, help="the owners' architecture (default coarse_cnn)")
+    parser.add_argument("--arch", default=None, help="the owners' architecture (default hybrid_cnn)")
+    parser.add_argument("--cache", type=Path, default=None, help="owner cache folder (default OUT/transfer-cache)")
+    parser.add_argument("--train-part", default="0/1", help="I/N: train only owners k %% N == I (then stop unless "
+                        "all owners are cached)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--student-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -536,8 +607,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.student_steps:
         configs = [replace(c, student_steps=args.student_steps) for c in configs]
     command = " ".join(["python", "-m", "benchmarks.transfer", *(sys.argv[1:] if argv is None else argv)])
+    i, n = (int(v) for v in args.train_part.split("/"))
+    if not 0 <= i < n:
+        parser.error(f"--train-part must be I/N with 0 <= I < N, got {args.train_part!r}")
     for row in transfer_suite(quick=args.quick, out=args.out, seed=args.seed, arch=args.arch, configs=configs,
-                              command=command):
+                              command=command, cache=args.cache, part=(i, n)):
         print(json.dumps(row), flush=True)
     return 0
 
