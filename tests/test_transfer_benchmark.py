@@ -1,6 +1,7 @@
 """Smoke test of the ``transfer`` suite: ``python -m benchmarks.run --suite transfer --quick`` end to end.
 
-Quick mode (embedded digits, 4 owners of 200 images, 2 epochs, 40 queries, 40 student steps): the owners
+Quick mode (embedded digits, 4 hybrid_cnn owners of 200 images, 2 epochs, 60 training images held out as the
+audit's non-members, 40 queries, 40 student steps): the owners
 learn little, so only the harness is checked: the files, the columns, finite figures, and the accounting
 columns against the library's own accounting functions (a different code path from the suite's file
 writing; the accounting itself is tested against dp_accounting in tests/test_transfer.py). Timings are never
@@ -69,6 +70,24 @@ def test_accounting_columns_match_the_library(quick_run: Path) -> None:
         assert entry["sigma"] == pytest.approx(direct.scale, rel=1e-9)
         assert entry["queries_bought"] == queries_within(direct, total=entry["total_epsilon"], delta=1e-5)
     assert {s["student"] for s in record["students"]} == {"supervised", "semi-supervised"}
+
+
+def test_owner_recipe_and_held_out_non_members(quick_run: Path) -> None:
+    """Owners: hybrid_cnn with benchmarks.teachers' recipe (quick mode shortens only epochs/patience);
+    non-members: training-split records held out from every owner (the split is re-derived here from the
+    loader, not from the suite: owners' data + hold-out = the digits training split, train + val)."""
+    from pricure_crypten.experiments.data import load_dataset
+
+    record = json.loads((quick_run / "transfer-digits.json").read_text())["result"]
+    assert record["arch"] == "hybrid_cnn"
+    recipe = record["owner_recipe"]
+    assert (recipe["lr"], recipe["batch_size"], recipe["val_fraction"], recipe["shift"]) == (3e-3, 32, 0.1, 2)
+    digits = load_dataset("digits", seed=0)
+    assert record["owner_data"] + record["holdout"] == len(digits.train_y) + len(digits.val_y)
+    assert record["owners"] * record["shard_size"] <= record["owner_data"]
+    assert record["holdout"] == 60
+    for e in record["exposure"]:
+        assert (e["members"], e["non_members"]) == (60, record["holdout"])
 
 
 def test_exposure_rows_are_audits_against_both_totals(quick_run: Path) -> None:
