@@ -61,8 +61,9 @@ SEEDED, a test-only mode, for reproducibility). Reported:
   non-members from the test split, like the student's pool; that biased the
   attack, AUC < 1/2.)
 
-PneumoniaMNIST: the last ``holdout`` = 400 of its 3,882 training images
-(shared file) are held out as the audit's non-members; owners on disjoint
+PneumoniaMNIST: ``holdout`` = 400 of its 3,882 training images (shared
+file; a seeded random subset, as that split is ordered by label) are held out
+as the audit's non-members; owners on disjoint
 240-image shards of the remaining 3,482, so K = 14 (the most 240-image shards
 they hold; with smaller shards the owners collapse to the majority class: see
 docs/results/utility-k.md, K >= 25), same owner recipe (``hybrid_cnn``);
@@ -124,7 +125,8 @@ class TransferConfig:
     dataset: str = "mnist"
     owners: Optional[int] = 250          # None: as many ``shard_size`` shards as the owners' data holds
     shard_size: int = 236
-    holdout: int = 1000                  # last ``holdout`` records of the owners' split: the audit's non-members
+    holdout: int = 1000                  # ``holdout`` records of the owners' split: the audit's non-members
+    holdout_order: str = "last"          # "last": the last ``holdout``; "random": a seeded random subset
     layout: str = "pate"                 # "pate": owners = train+val, pool/eval = test; "val-pool": owners = train,
                                          # pool = val, eval = test
     eval_size: int = 1000                # "pate": the last eval_size test images
@@ -151,8 +153,10 @@ class TransferConfig:
 
 
 MNIST = TransferConfig()
-PNEUMONIA = TransferConfig(dataset="pneumoniamnist", owners=None, shard_size=240, holdout=400, layout="val-pool",
-                           queries=200, mia_records=400)
+# PneumoniaMNIST's shared training split is ordered by label (its last 400 hold 388 of its 388 normal images):
+# its hold-out is a seeded random subset
+PNEUMONIA = TransferConfig(dataset="pneumoniamnist", owners=None, shard_size=240, holdout=400, holdout_order="random",
+                           layout="val-pool", queries=200, mia_records=400)
 QUICK = TransferConfig(dataset="digits", owners=4, shard_size=200, holdout=60, eval_size=80, queries=40, epochs=2,
                        patience=1, student_steps=40, mia_records=60, aug_n=2, smooth=False)
 
@@ -180,7 +184,8 @@ def split(dataset: Dataset, config: TransferConfig) -> Split:
     """Owners' data, the hold-out, the client's pool and the evaluation set (disjoint; see the module docstring).
 
     The hold-out is the last ``config.holdout`` records of the owners' split (training split: train + val for
-    "pate", train for "val-pool"); the owners' data is the rest.
+    "pate", train for "val-pool"), or a seeded random subset of that size (``holdout_order="random"``); the
+    owners' data is the rest, in order.
     """
     if config.layout == "pate":
         ox, oy = torch.cat([dataset.train_x, dataset.val_x]), torch.cat([dataset.train_y, dataset.val_y])
@@ -196,8 +201,14 @@ def split(dataset: Dataset, config: TransferConfig) -> Split:
         raise ValueError(f"layout must be 'pate' or 'val-pool', got {config.layout!r}")
     if not 2 <= config.holdout < len(oy):
         raise ValueError(f"{dataset.name}: holdout must be in [2, {len(oy)}), got {config.holdout}")
-    keep = len(oy) - config.holdout
-    return Split(ox[:keep], oy[:keep], ox[keep:], oy[keep:], pool_x, pool_y, eval_x, eval_y)
+    if config.holdout_order == "last":
+        order = torch.arange(len(oy))
+    elif config.holdout_order == "random":
+        order = torch.as_tensor(np.random.default_rng([config.seed, 59]).permutation(len(oy)))
+    else:
+        raise ValueError(f"holdout_order must be 'last' or 'random', got {config.holdout_order!r}")
+    keep, held = order[:len(oy) - config.holdout], order[len(oy) - config.holdout:]
+    return Split(ox[keep], oy[keep], ox[held], oy[held], pool_x, pool_y, eval_x, eval_y)
 
 
 def owner_count(config: TransferConfig, available: int) -> int:
@@ -215,7 +226,7 @@ def shards(available: int, owners: int, size: int, seed: int) -> list[np.ndarray
 
 
 def _cache_dir(cache: Path, config: TransferConfig, owners: int) -> Path:
-    return cache / (f"{config.dataset}-{config.layout}-h{config.holdout}-K{owners}-s{config.shard_size}-{config.arch}-"
+    return cache / (f"{config.dataset}-{config.layout}-h{config.holdout}{config.holdout_order}-K{owners}-s{config.shard_size}-{config.arch}-"
                     f"e{config.epochs}p{config.patience}b{config.batch_size}lr{config.lr:g}v{config.val_fraction:g}"
                     f"sh{config.shift}-seed{config.seed}")
 
