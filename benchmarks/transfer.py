@@ -8,9 +8,10 @@ Setting (MNIST, PATE 2018's, with a membership hold-out): K = 250 owners on
 DISJOINT 236-image shards of the first 59,000 of the 60,000 MNIST training
 images (the loader's training and validation splits together, in that order;
 seeded permutation, 250 x 236 = all 59,000; PATE used 240-image shards of all
-60,000). The last ``holdout`` = 1,000 training images (59,000..59,999) are
-never seen by an owner, never queried and not in the student's data: they
-are the non-members of the exposure audit. Each owner trains ``arch``
+60,000). The last ``holdout`` = 1,000 training images in the loader's order
+(59,000..59,999: the last 1,000 of its seeded stratified 6,000-image
+validation part) are never seen by an owner, never queried and not in the
+student's data: they are the non-members of the exposure audit. Each owner trains ``arch``
 (default ``hybrid_cnn``) with the recipe of ``benchmarks.teachers`` (the
 K = 250 teacher trade-off, docs/results/k250-teachers.md: owner accuracy
 0.904 on 240-image shards): :func:`pricure_crypten.experiments.training.train_owners`
