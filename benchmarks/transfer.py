@@ -429,6 +429,8 @@ def run_dataset(config: TransferConfig, *, out: Path, data_root: Path = DATA, ca
                              "bound_answered_only": totals["answered-only"],
                              "within_bound": bool(e.epsilon_lower <= min(totals.values()))})
     record["exposure"] = exposure
+    record["audit"] = {"member_class_counts": np.bincount(my, minlength=c).tolist(),
+                       "non_member_class_counts": np.bincount(ny, minlength=c).tolist()}
     record["wall_seconds"] = time.perf_counter() - begin
     return record
 

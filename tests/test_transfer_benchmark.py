@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pricure_crypten.experiments.transfer import gaussian_with_sigma, gnmax_total_epsilon, queries_within
 from pricure_crypten.privacy.noise import ConfidentGNMax, calibrate
@@ -88,6 +89,10 @@ def test_owner_recipe_and_held_out_non_members(quick_run: Path) -> None:
     assert record["holdout"] == 60
     for e in record["exposure"]:
         assert (e["members"], e["non_members"]) == (60, record["holdout"])
+    # the audited non-members are the last 60 training-split records (their labels, recomputed from the loader)
+    held_out = torch.cat([digits.train_y, digits.val_y])[-60:]
+    assert record["audit"]["non_member_class_counts"] == torch.bincount(held_out, minlength=10).tolist()
+    assert sum(record["audit"]["member_class_counts"]) == 60
 
 
 def test_exposure_rows_are_audits_against_both_totals(quick_run: Path) -> None:
