@@ -31,9 +31,10 @@ from .plots import make_plots
 from .privacy import privacy_suite
 from .report import read_csv, summary_markdown, write_csv, write_json
 from .suites import batch_suite, owners_suite, servers_suite
+from .transfer import transfer_suite
 from .utility import utility_suite
 
-SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility", "k250")
+SUITES = ("owners", "servers", "batch", "privacy", "perf", "mia", "exposure", "utility", "k250", "transfer")
 # exposure: MIA where noiseless leaks. "mia" (attacks, minutes), "exposure" and "utility" (trains up to
 # 250 owners per point, an hour) and "k250" (K = 250 cost, N = 2 and 3; also `python -m benchmarks.k250`,
 # which writes docs/results/k250-cost.*) only when asked for
@@ -87,6 +88,7 @@ def _suite_rows(name: str, grid: Grid, args: argparse.Namespace) -> Iterator[dic
         "exposure": lambda: exposure_suite(quick=args.quick, seed=args.seed, root=args.mnist_root),
         "utility": lambda: utility_suite(quick=args.quick, seed=args.seed, out=args.out),
         "k250": lambda: k250_suite(quick=args.quick, seed=args.seed, repeats=grid.repeats),
+        "transfer": lambda: transfer_suite(quick=args.quick, seed=args.seed, out=args.out),
     }
     return runners[name]()
 
