@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
+from pricure_crypten.experiments.attacks.bundles import huge_input_shape, zip_bomb
 from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteError, withdraw_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
@@ -75,35 +76,6 @@ def _owners() -> list[ModelOwner]:
                                                                       nn.Linear(8, CLASSES)),
                                  input_shape=(FEATURES,), num_classes=CLASSES))
     return owners
-
-
-def _zip_bomb(method: int, inflated: int) -> bytes:
-    """A bundle whose one parameter entry inflates to ``inflated`` bytes (deflate or bzip2)."""
-    out = io.BytesIO()
-    header = {"format": "pricure-bundle/1", "input_shape": [FEATURES], "num_classes": CLASSES,
-              "layers": [{"kind": "linear", "options": [], "params": 2}]}
-    raw = io.BytesIO()
-    np.lib.format.write_array(raw, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-    with zipfile.ZipFile(out, "w", compression=method) as archive:
-        archive.writestr("header.npy", raw.getvalue(), compress_type=zipfile.ZIP_STORED)
-        with archive.open("p0_0.npy", "w", force_zip64=True) as handle:
-            np.lib.format.write_array_header_1_0(handle, {"descr": "<i8", "fortran_order": False,
-                                                          "shape": (inflated // 8,)})
-            chunk = bytes(1 << 20)
-            for _ in range(inflated // len(chunk)):
-                handle.write(chunk)
-    return out.getvalue()
-
-
-def _huge_input_shape() -> bytes:
-    """A 1 KiB-scale bundle declaring an input of 1x8192x8192 (the old dry run allocated it)."""
-    header = {"format": "pricure-bundle/1", "input_shape": [1, 8192, 8192], "num_classes": CLASSES,
-              "layers": [{"kind": "flatten", "options": [], "params": 0},
-                         {"kind": "linear", "options": [], "params": 2}]}
-    out = io.BytesIO()
-    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-             p1_0=np.zeros((CLASSES, 1024), np.int64), p1_1=np.zeros(CLASSES, np.int64))
-    return out.getvalue()
 
 
 def _poisoned(owner: ModelOwner, rank: int) -> bytes:
@@ -215,9 +187,11 @@ def run(d: Deployment, owners: list[ModelOwner], bob: Honest, quick: bool) -> li
     # 1. bombs, uploaded by a registered owner to server 0
     scale = 64 if quick else 1
     for name, body, in (
-            (f"deflate bomb ({385 // scale} MiB inflated)", _zip_bomb(zipfile.ZIP_DEFLATED, (385 << 20) // scale)),
-            (f"bzip2 bomb ({256 // scale} MiB inflated)", _zip_bomb(zipfile.ZIP_BZIP2, (256 << 20) // scale)),
-            ("declared input shape 1x8192x8192", _huge_input_shape())):
+            (f"deflate bomb ({385 // scale} MiB inflated)",
+             zip_bomb(method=zipfile.ZIP_DEFLATED, inflated=(385 << 20) // scale, features=FEATURES, classes=CLASSES)),
+            (f"bzip2 bomb ({256 // scale} MiB inflated)",
+             zip_bomb(method=zipfile.ZIP_BZIP2, inflated=(256 << 20) // scale, features=FEATURES, classes=CLASSES)),
+            ("declared input shape 1x8192x8192", huge_input_shape(classes=CLASSES))):
         party = _party(d, 0)
         before = _hwm_mib(party)
         begin = time.monotonic()

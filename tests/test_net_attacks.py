@@ -28,6 +28,7 @@ import numpy as np
 import psutil
 import pytest
 
+from pricure_crypten.experiments.attacks.bundles import huge_input_shape, zip_bomb
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 from pricure_crypten.experiments.launch import Deployment, Loopback
 from tests.helpers import deployment_owners, gaussian_queries, tls_closed
@@ -143,33 +144,6 @@ def test_a_stored_bundle_that_fails_at_load_is_quarantined_and_the_others_keep_w
         time.sleep(0.2)
 
 
-def _zip_bomb(method: int, inflated: int) -> bytes:
-    out = io.BytesIO()
-    header = {"format": "pricure-bundle/1", "input_shape": [FEATURES], "num_classes": CLASSES,
-              "layers": [{"kind": "linear", "options": [], "params": 2}]}
-    raw = io.BytesIO()
-    np.lib.format.write_array(raw, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-    with zipfile.ZipFile(out, "w", compression=method) as archive:
-        archive.writestr("header.npy", raw.getvalue(), compress_type=zipfile.ZIP_STORED)
-        with archive.open("p0_0.npy", "w", force_zip64=True) as handle:
-            np.lib.format.write_array_header_1_0(handle, {"descr": "<i8", "fortran_order": False,
-                                                          "shape": (inflated // 8,)})
-            chunk = bytes(1 << 20)
-            for _ in range(inflated // len(chunk)):
-                handle.write(chunk)
-    return out.getvalue()
-
-
-def _huge_input_shape() -> bytes:
-    header = {"format": "pricure-bundle/1", "input_shape": [1, 8192, 8192], "num_classes": CLASSES,
-              "layers": [{"kind": "flatten", "options": [], "params": 0},
-                         {"kind": "linear", "options": [], "params": 2}]}
-    out = io.BytesIO()
-    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-             p1_0=np.zeros((CLASSES, 8192 * 8192 // 65536), np.int64), p1_1=np.zeros(CLASSES, np.int64))
-    return out.getvalue()
-
-
 def test_decompression_and_allocation_bombs_cost_the_server_nothing(deployment):
     """Issue 18: 384 KiB cost +385 MiB, 2.4 KiB of bzip2 +256 MiB, a huge declared shape +256 MiB.
 
@@ -178,9 +152,13 @@ def test_decompression_and_allocation_bombs_cost_the_server_nothing(deployment):
     every entry, so it grew by at least the inflated sizes.
     """
     party = _party(deployment, 0)
-    attacks = [("deflate bomb (385 MiB inflated)", _zip_bomb(zipfile.ZIP_DEFLATED, 385 << 20), "deflate"),
-               ("bzip2 bomb (256 MiB inflated)", _zip_bomb(zipfile.ZIP_BZIP2, 256 << 20), "bzip2"),
-               ("declared input shape (1, 8192, 8192)", _huge_input_shape(), "elements per example")]
+    bomb = dict(features=FEATURES, classes=CLASSES)
+    attacks = [("deflate bomb (385 MiB inflated)", zip_bomb(method=zipfile.ZIP_DEFLATED, inflated=385 << 20, **bomb),
+                "deflate"),
+               ("bzip2 bomb (256 MiB inflated)", zip_bomb(method=zipfile.ZIP_BZIP2, inflated=256 << 20, **bomb),
+                "bzip2"),
+               ("declared input shape (1, 8192, 8192)",
+                huge_input_shape(classes=CLASSES), "elements per example")]
     before = _hwm_mib(party)
     with deployment.http(0, "evil") as evil:
         for name, body, expected in attacks:
