@@ -135,23 +135,12 @@ def test_budget_cap_stops_earlier_than_the_ledger(tmp_path):
 def test_a_failure_after_some_chunks_returns_what_was_released_and_charges_only_that(tmp_path):
     """The second MPC batch fails: the first chunk's labels (released, charged) are returned; the failed
     chunk is neither revealed nor charged (its reservation rolled back); nothing after it is sent."""
-    from pricure_crypten.parties.cluster import ServerError
-
     ledger = PrivacyLedger(tmp_path / "l.sqlite3", total_epsilon=1000.0, accountant="basic")
     owners = _random_owners(3)
     pool = _pool(7)
     with PrivateEnsemble(owners, aggregation=Aggregation(noise=calibrate(epsilon=100.0)), ledger=ledger,
                          batching=Batching(max_rows=3, window=0.0)) as ensemble:
-        calls = []
-        original = ensemble._run_batch
-
-        def failing(shares, **kwargs):
-            calls.append(int(shares[0].shape[0]))
-            if len(calls) == 2:
-                raise ServerError("injected failure")
-            return original(shares, **kwargs)
-
-        ensemble._scheduler._run_batch = failing
+        calls = _fail_second_batch(ensemble)
         client = Client("gil")
         result = ensemble.label(pool, client=client)
     assert calls == [3, 3] and result.stopped.startswith("error") and "injected" in result.stopped
