@@ -26,7 +26,6 @@ depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -48,7 +47,7 @@ import torch
 from torch import nn
 
 from pricure_crypten import ModelOwner
-from pricure_crypten.experiments.attacks.bundles import huge_input_shape, zip_bomb
+from pricure_crypten.experiments.attacks.bundles import huge_input_shape, unknown_option, zip_bomb
 from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteError, withdraw_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
@@ -57,6 +56,7 @@ from .env import REPO_ROOT, _git
 from .report import write_csv, write_json
 
 FEATURES, CLASSES = 6, 3
+SHAPE = dict(features=FEATURES, classes=CLASSES)  # of the hostile bundles
 HEADER_TIMEOUT, INCOMPLETE, CLIENT_CAP = 3.0, 3.0, 8
 COLUMNS = [
     {"column": "attack", "header": "fault or attack"},
@@ -76,18 +76,6 @@ def _owners() -> list[ModelOwner]:
                                                                       nn.Linear(8, CLASSES)),
                                  input_shape=(FEATURES,), num_classes=CLASSES))
     return owners
-
-
-def _poisoned(owner: ModelOwner, rank: int) -> bytes:
-    """The owner's real bundle for server ``rank`` with a layer option the layer does not have."""
-    data = bundle_to_bytes(owner.share(num_servers=2)[rank], input_shape=(FEATURES,), num_classes=CLASSES)
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    header = json.loads(arrays.pop("header").tobytes())
-    header["layers"][0]["options"] = [["groups", 2]]
-    out = io.BytesIO()
-    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-    return out.getvalue()
 
 
 class Honest:
@@ -208,7 +196,7 @@ def run(d: Deployment, owners: list[ModelOwner], bob: Honest, quick: bool) -> li
     codes = []
     for rank in range(2):
         with _http(d, rank, "evil") as evil:
-            response = evil.put("/v1/model", content=_poisoned(owners[0], rank),
+            response = evil.put("/v1/model", content=unknown_option(owners[0], rank=rank, **SHAPE),
                                 headers={"X-Upload-Id": secrets.token_hex(16)})
             codes.append(f"HTTP {response.status_code}: {response.json()['detail'][:90]}")
     end = time.monotonic()
@@ -220,7 +208,7 @@ def run(d: Deployment, owners: list[ModelOwner], bob: Honest, quick: bool) -> li
     begin = time.monotonic()
     for rank in range(2):
         models = d.root / f"d{rank}" / "models"
-        (models / "evil.npz").write_bytes(_poisoned(owners[0], rank))
+        (models / "evil.npz").write_bytes(unknown_option(owners[0], rank=rank, **SHAPE))
         (models / "evil.json").write_text(json.dumps({"owner": "evil", "upload_id": upload_id,
                                                       "input_shape": [FEATURES], "num_classes": CLASSES}))
     _wait(lambda: all((d.health(r) or {}).get("owners_quarantined") == ["evil"] for r in range(2)))

@@ -14,7 +14,6 @@ stays on 127.0.0.x.
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import signal
@@ -28,14 +27,15 @@ import numpy as np
 import psutil
 import pytest
 
-from pricure_crypten.experiments.attacks.bundles import huge_input_shape, zip_bomb
-from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
+from pricure_crypten.experiments.attacks.bundles import huge_input_shape, unknown_option, zip_bomb
+from pricure_crypten.parties.net.wire import encode_array
 from pricure_crypten.experiments.launch import Deployment, Loopback
 from tests.helpers import deployment_owners, gaussian_queries, tls_closed
 
 pytestmark = pytest.mark.mpc
 
 FEATURES, CLASSES = 6, 3  # deployment_owners()
+SHAPE = dict(features=FEATURES, classes=CLASSES)  # of the hostile bundles
 HEADER_TIMEOUT, MAX_CONNECTIONS, CLIENT_CAP, INCOMPLETE = 2, 64, 4, 6
 
 
@@ -82,18 +82,6 @@ def _no_restarts(d: Deployment) -> None:
         assert "restarting" not in d.log(f"server{rank}"), d.log(f"server{rank}")
 
 
-def _poisoned(owner, rank: int, servers: int = 2) -> bytes:
-    """The owner's real bundle for server ``rank`` with an option the layer does not have."""
-    data = bundle_to_bytes(owner.share(num_servers=servers)[rank], input_shape=(FEATURES,), num_classes=CLASSES)
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    header = json.loads(arrays.pop("header").tobytes())
-    header["layers"][0]["options"] = [["groups", 2]]
-    out = io.BytesIO()
-    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-    return out.getvalue()
-
-
 def test_health_without_a_credential_shows_liveness_only(deployment):
     with deployment.http(0, None) as anonymous:
         body = anonymous.get("/v1/health").json()
@@ -106,7 +94,7 @@ def test_an_upload_with_an_unknown_layer_option_is_refused_on_every_server(deplo
     """Issue 18: it got 200 on both servers, then every party crash-looped with a TypeError at load."""
     for rank in range(2):
         with deployment.http(rank, "evil") as evil:
-            response = evil.put("/v1/model", content=_poisoned(owners[0], rank),
+            response = evil.put("/v1/model", content=unknown_option(owners[0], rank=rank, **SHAPE),
                                 headers={"X-Upload-Id": secrets.token_hex(16)})
             assert response.status_code == 400 and "unknown option 'groups'" in response.json()["detail"]
             assert evil.get("/v1/model").status_code == 404
@@ -121,7 +109,7 @@ def test_a_stored_bundle_that_fails_at_load_is_quarantined_and_the_others_keep_w
     upload_id = secrets.token_hex(16)
     for rank in range(2):
         models = deployment.root / f"d{rank}" / "models"
-        (models / "evil.npz").write_bytes(_poisoned(owners[0], rank))
+        (models / "evil.npz").write_bytes(unknown_option(owners[0], rank=rank, **SHAPE))
         (models / "evil.json").write_text(json.dumps({"owner": "evil", "upload_id": upload_id,
                                                       "input_shape": [FEATURES], "num_classes": CLASSES}))
     written = time.monotonic()
@@ -152,10 +140,9 @@ def test_decompression_and_allocation_bombs_cost_the_server_nothing(deployment):
     every entry, so it grew by at least the inflated sizes.
     """
     party = _party(deployment, 0)
-    bomb = dict(features=FEATURES, classes=CLASSES)
-    attacks = [("deflate bomb (385 MiB inflated)", zip_bomb(method=zipfile.ZIP_DEFLATED, inflated=385 << 20, **bomb),
+    attacks = [("deflate bomb (385 MiB inflated)", zip_bomb(method=zipfile.ZIP_DEFLATED, inflated=385 << 20, **SHAPE),
                 "deflate"),
-               ("bzip2 bomb (256 MiB inflated)", zip_bomb(method=zipfile.ZIP_BZIP2, inflated=256 << 20, **bomb),
+               ("bzip2 bomb (256 MiB inflated)", zip_bomb(method=zipfile.ZIP_BZIP2, inflated=256 << 20, **SHAPE),
                 "bzip2"),
                ("declared input shape (1, 8192, 8192)",
                 huge_input_shape(classes=CLASSES), "elements per example")]

@@ -1,9 +1,9 @@
 """Hostile model bundles, as a malicious owner would upload them (for the hardening tests and ``benchmarks.hostile``).
 
 Each is the raw bytes of a ``PUT /v1/model`` body in the bundle format of
-:mod:`pricure_crypten.parties.net.wire`, built by hand (not by the library's
-own writer) so that it can break the rules the server must enforce. The
-server sees only these bytes; nothing here runs on a server.
+:mod:`pricure_crypten.parties.net.wire`, built or edited by hand (not only by
+the library's own writer) so that it can break the rules the server must
+enforce. The server sees only these bytes; nothing here runs on a server.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from typing import Any
 
 import numpy as np
+
+from ...parties.net.wire import bundle_to_bytes
 
 FORMAT = "pricure-bundle/1"
 
@@ -49,11 +52,30 @@ def zip_bomb(*, method: int, inflated: int, features: int, classes: int) -> byte
 
 
 def huge_input_shape(*, classes: int, side: int = 8192, weight_columns: int = 1024) -> bytes:
-    """A small bundle declaring an input of shape (1, side, side) (a dry run that allocates it costs side**2 * 4 bytes)."""
+    """A small bundle declaring an input of shape (1, side, side).
+
+    A dry run that allocates such an input costs side**2 * 4 bytes (256 MiB at the default side).
+    """
     header = {"format": FORMAT, "input_shape": [1, side, side], "num_classes": classes,
               "layers": [{"kind": "flatten", "options": [], "params": 0},
                          {"kind": "linear", "options": [], "params": 2}]}
     out = io.BytesIO()
     np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
              p1_0=np.zeros((classes, weight_columns), np.int64), p1_1=np.zeros(classes, np.int64))
+    return out.getvalue()
+
+
+def unknown_option(owner: Any, *, rank: int, servers: int = 2, features: int, classes: int) -> bytes:
+    """``owner``'s real bundle for server ``rank`` with an option its first layer does not have (``groups``).
+
+    Before the closed layer schema, every server accepted it and every MPC
+    party then died at load, restarting forever (a crash loop for everyone).
+    """
+    data = bundle_to_bytes(owner.share(num_servers=servers)[rank], input_shape=(features,), num_classes=classes)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(arrays.pop("header").tobytes())
+    header["layers"][0]["options"] = [["groups", 2]]
+    out = io.BytesIO()
+    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
     return out.getvalue()
