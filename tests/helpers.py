@@ -175,3 +175,27 @@ def tls_closed(sock) -> bool:
         return False
     except OSError:
         return True
+
+
+def stub_front_door(tmp_path: Path, *, header_timeout: float):
+    """A real ``pricure serve`` front door (TLS, limits: 8 connections, keep-alive 5 s, body 10 s) on 127.0.0.1
+    over a stub node that answers ``/v1/health`` only and knows no token.
+
+    Returns ``(front, node, port, tls)``: call ``front.stop()`` when done; ``tls`` trusts the door's CA.
+    """
+    import ssl
+    import types
+
+    from pricure_crypten.experiments.launch import free_port
+    from pricure_crypten.parties.net.app import start_front_door
+    from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
+
+    make_ca(tmp_path / "ca")
+    make_server_cert(tmp_path / "ca", "127.0.0.1", tmp_path / "s")
+    config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
+                                   host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
+                                   max_connections=8, header_timeout=header_timeout, body_timeout=10.0)
+    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
+                                 credentials=types.SimpleNamespace(lookup=lambda token: None))
+    front = start_front_door(node)
+    return front, node, config.port, ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))

@@ -34,7 +34,7 @@ from pricure_crypten.mpc import layers as mpc_layers
 from pricure_crypten.mpc.layers import LayerSpec, Square, specs_output_shape
 from pricure_crypten.parties.net import wire
 from pricure_crypten.parties.net.wire import WireError, bundle_from_bytes, bundle_to_bytes, decode_array
-from tests.helpers import mlp_owners, tls_closed
+from tests.helpers import mlp_owners, stub_front_door, tls_closed
 
 FEATURES, CLASSES = 6, 3
 
@@ -390,26 +390,13 @@ def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_pa
     """
     import socket
     import ssl
-    import types
 
     import httpx
 
-    from pricure_crypten.experiments.launch import free_port
-    from pricure_crypten.parties.net.app import start_front_door
-    from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
-
-    make_ca(tmp_path / "ca")
-    make_server_cert(tmp_path / "ca", "127.0.0.1", tmp_path / "s")
-    config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
-                                   host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
-                                   max_connections=8, header_timeout=3.0, body_timeout=10.0)
-    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
-                                 credentials=types.SimpleNamespace(lookup=lambda token: None))
-    front = start_front_door(node)
-    tls = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+    front, node, port, tls = stub_front_door(tmp_path, header_timeout=3.0)
 
     def connect() -> ssl.SSLSocket:
-        sock = tls.wrap_socket(socket.create_connection(("127.0.0.1", config.port), timeout=5),
+        sock = tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
                                server_hostname="127.0.0.1")
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
         return sock
@@ -423,7 +410,7 @@ def test_the_front_door_caps_open_connections_and_cuts_unfinished_headers(tmp_pa
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert node.open_connections() == 0
-        answer = httpx.get(f"https://127.0.0.1:{config.port}/v1/health", verify=tls, timeout=5)
+        answer = httpx.get(f"https://127.0.0.1:{port}/v1/health", verify=tls, timeout=5)
         assert answer.json() == {"alive": True, "details": False}
         for sock in socks:
             sock.close()

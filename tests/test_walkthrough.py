@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from pricure_crypten.experiments.launch import free_port
+from tests.helpers import stub_front_door
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- walkthrough(?::\s*(?P<file>[\w.-]+))? -->\n```(?P<lang>bash|python)\n(?P<code>.*?)```",
@@ -172,28 +173,15 @@ def test_the_front_door_bounds_the_tls_handshake(tmp_path):
     answered meanwhile. Fails with uvicorn's plain ``Server`` (held 60 s).
     """
     import socket
-    import ssl
-    import types
 
     import httpx
 
-    from pricure_crypten.parties.net.app import start_front_door
-    from pricure_crypten.parties.net.credentials import make_ca, make_server_cert
-
-    make_ca(tmp_path / "ca")
-    make_server_cert(tmp_path / "ca", "127.0.0.1", tmp_path / "s")
-    config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
-                                   host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
-                                   max_connections=8, header_timeout=2.0, body_timeout=10.0)
-    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
-                                 credentials=types.SimpleNamespace(lookup=lambda token: None))
-    front = start_front_door(node)
+    front, _, port, tls = stub_front_door(tmp_path, header_timeout=2.0)
     socks = []
     try:
         start = time.monotonic()
-        socks = [socket.create_connection(("127.0.0.1", config.port), timeout=30) for _ in range(6)]
-        tls = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
-        answer = httpx.get(f"https://127.0.0.1:{config.port}/v1/health", verify=tls, timeout=10)
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(6)]
+        answer = httpx.get(f"https://127.0.0.1:{port}/v1/health", verify=tls, timeout=10)
         assert answer.json() == {"alive": True, "details": False}
         closed = []
         for sock in socks:
