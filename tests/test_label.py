@@ -58,7 +58,7 @@ class _Spy:
             self.outcome_rows.append(int(kwargs.get("outcome_rows", 0)))
             return original(shares, **kwargs)
 
-        ensemble._scheduler._run_batch = run
+        ensemble._scheduler.core._run = run
 
 
 def _pool(rows: int, seed: int = 1) -> np.ndarray:
@@ -163,7 +163,7 @@ def _fail_second_batch(ensemble: PrivateEnsemble) -> list[int]:
             raise ServerError("injected failure")
         return original(shares, **kwargs)
 
-    ensemble._scheduler._run_batch = failing
+    ensemble._scheduler.core._run = failing
     return calls
 
 

@@ -46,7 +46,7 @@ from .parties.batching import RequestScheduler
 from .parties.client import Client
 from .parties.cluster import ServerProcesses, ServerError
 from .parties.owner import ModelOwner, check_owners
-from .parties.serving.admission import Admission
+from .parties.serving.admission import LedgerAdmission
 from .parties.serving.messages import Info, Load, Precompute, Predict, Profile, Refill, ServerSettings
 from .parties.serving.results import Cost, OfflineCost, Prediction
 
@@ -211,13 +211,13 @@ class PrivateEnsemble:
         self.experiment = _checked(experiment, ExperimentOptions, "experiment")
         self.offline = _checked(offline, Offline, "offline")
         self.offline.check_against(self.cluster, self.batching)
-        self._admission = Admission(ledger, self.aggregation.noise)  # TypeError for a non-ledger
+        admission = LedgerAdmission(ledger, self.aggregation.noise)  # TypeError for a non-ledger
         self.ledger = ledger
         seed = self.experiment.share_seed
         self._share_rng = SecureRandom(seed=seed) if seed is not None else SecureRandom()
         self._servers = ServerProcesses(self.cluster)
         self._scheduler = RequestScheduler(
-            self._run_batch, self.batching, self.num_servers,
+            self._run_batch, self.batching, self.num_servers, admission=admission,
             pad_rows=self.offline.padded_rows if self.offline.enabled else None,
             idle=self.refill if self.offline.enabled and self.offline.refill else None,
         )
@@ -374,18 +374,15 @@ class PrivateEnsemble:
             raise ValueError(f"the batch has {batch.shape[0]} queries, more than Batching.max_queries = "
                              f"{self.batching.max_queries}; split it into several calls")
         self._check_open()
-        # Entering reserves the budget (committed) or raises BudgetExceededError;
-        # an exception inside rolls the reservation back: nothing was revealed.
-        with self._admission.reserve(client.name, batch.shape[0]) as reservation:
-            shares = client.share_queries(batch, num_servers=self.num_servers)
-            future = self._scheduler.submit(shares, batch.shape[0])
-            try:
-                result = future.result()
-            except BaseException:
-                future.cancel()  # interrupted while queued: never computed
-                raise
-            if reservation is not None:
-                reservation.confirm()  # committed before the client receives anything
+        # The serving core reserves the budget when the batch's first rows are packed (BudgetExceededError:
+        # nothing computed) and confirms it before the future resolves; a failure rolls it back.
+        shares = client.share_queries(batch, num_servers=self.num_servers)
+        future = self._scheduler.submit(shares, batch.shape[0], client=client.name)
+        try:
+            result = future.result()
+        except BaseException:
+            future.cancel()  # interrupted while queued: never computed, never charged
+            raise
         reveals_before = client.reveals
         labels = client.reveal(result.label_shares)
         cost = Cost.of(result.costs, queries=batch.shape[0], seconds=time.perf_counter() - start,
@@ -559,25 +556,15 @@ class PrivateEnsemble:
         """One chunk of :meth:`label`: reserve (worst case), compute, confirm (the outcome), reveal."""
         start = time.perf_counter()
         rows = batch.shape[0]
-        if costs is not None:
-            spend = self.ledger.spend_answered_only(client.name, costs, queries=rows)
-        else:
-            spend = self._admission.reserve(client.name, rows)
-        with spend as reservation:  # entering reserves (committed) or raises BudgetExceededError
-            shares = client.share_queries(batch, num_servers=self.num_servers)
-            future = self._scheduler.submit(shares, rows, outcome=costs is not None)
-            try:
-                result = future.result()
-            except BaseException:
-                if not future.cancel() and costs is not None:
-                    # It ran: the servers may have opened the outcome bits before failing. Keep the worst
-                    # case charged (both steps for every row): over-count, never under-count.
-                    reservation.confirm(answered=rows)
-                raise
-            if costs is not None:  # the servers' revealed bits, never the client's word
-                reservation.confirm(answered=int(result.outcomes.sum()))
-            elif reservation is not None:
-                reservation.confirm()  # committed before the client receives anything
+        shares = client.share_queries(batch, num_servers=self.num_servers)
+        # reserved (the worst case, answered-only) before any MPC work, confirmed -- from the servers'
+        # revealed outcome bits, never the client's word -- before the future resolves (the serving core)
+        future = self._scheduler.submit(shares, rows, client=client.name, outcome=costs is not None)
+        try:
+            result = future.result()
+        except BaseException:
+            future.cancel()  # interrupted while queued: never computed, never charged
+            raise
         reveals_before = client.reveals
         labels = client.reveal(result.label_shares)
         if result.outcomes is not None and not np.array_equal(labels >= 0, result.outcomes == 1):

@@ -1,15 +1,17 @@
-"""Concurrent clients: one agreed order, dynamic batching, and each client's own rows only.
+"""Concurrent clients (library mode): one agreed order, dynamic batching, each client's own rows only.
 
 Any number of threads (clients) call :meth:`RequestScheduler.submit` at once.
-Each request is queued in arrival order with its own id; one worker thread
-takes requests in that order and runs MPC batches one at a time, so all
-servers compute the same batches in the same order. With dynamic batching,
-the rows of the waiting requests are packed into one MPC batch of at most
-``max_rows`` rows (a larger request is split across consecutive batches):
-concatenating shares row-wise is local, and a row's result depends only on
-that row, so packing changes nothing but the speed. The label shares that
-come back are cut at the same row boundaries, and each request's future
-receives exactly its own rows, nothing else.
+Each request becomes a :class:`~.serving.pipeline.Ticket`, queued in arrival
+order; one worker thread hands the waiting tickets to the serving core
+(:class:`~.serving.pipeline.ServingCore`: pack -> reserve -> run -> confirm
+-> deliver, the same code as the networked servers run), one MPC batch at a
+time, so all servers compute the same batches in the same order. With
+dynamic batching, the rows of the waiting requests are packed into one MPC
+batch of at most ``max_rows`` rows (a larger request is split across
+consecutive batches): concatenating shares row-wise is local, and a row's
+result depends only on that row, so packing changes nothing but the speed.
+Each request's future receives exactly its own rows, nothing else, and only
+after its charge is confirmed.
 
 Who sees what: the scheduler lives with the launcher and sees only shares
 and public figures; it never reconstructs anything.
@@ -18,11 +20,9 @@ and public figures; it never reconstructs anything.
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,70 +30,61 @@ import numpy as np
 from ..config import Batching
 from ..mpc.randomness import SecureRandom
 from ..mpc.sharing import share_encoded
-from .serving.messages import BatchReply
-from .serving.packing import add_costs, gather, pack
-from .serving.pipeline import run_packed
-from .serving.results import ServerCost
+from .serving.admission import Admission, LedgerAdmission
+from .serving.pipeline import Delivery, RunBatch, ServingCore, Ticket
 
-#: run_batch(query shares per server) -> one :class:`~.serving.messages.BatchReply` per server. For a
-#: request submitted with ``outcome=True`` it is called as ``run_batch(shares, outcome_rows=n)`` and each
-#: reply also carries ``outcome`` (n,): the threshold step's answered bits of the first n rows, revealed to the servers.
-RunBatch = Callable[..., list[BatchReply]]
+__all__ = ["Delivery", "RequestScheduler", "RunBatch", "SchedulerClosedError"]
 
 
 class SchedulerClosedError(RuntimeError):
     """The ensemble was closed while this request waited; nothing was computed for it."""
 
 
-@dataclass
-class RequestResult:
-    """What one request gets back: its own label shares and costs (one per server), and outcome bits if asked."""
-
-    request_id: int
-    label_shares: list[np.ndarray]
-    costs: list[ServerCost]
-    outcomes: np.ndarray | None = None  # answered bits (1/0) per row, if requested (answered-only)
-
-
-@dataclass
-class _Request:
-    request_id: int
-    shares: list[np.ndarray]
-    rows: int
-    future: Future
-    outcome: bool = False  # reveal the answered bit of each row to the servers; never packed with others
-    next_row: int = 0
-    parts: list[list[np.ndarray]] = field(default_factory=list)  # per batch: one slice per server
-    costs: list[ServerCost] | None = None  # per server, summed over the request's batches
-    outcomes: list[np.ndarray] = field(default_factory=list)
+def _claim(future: Future) -> Callable[[], str | None]:
+    def claim() -> str | None:  # the caller gave up while it was queued: dropped, never computed or charged
+        return None if future.set_running_or_notify_cancel() else "cancelled by the caller while queued"
+    return claim
 
 
 class RequestScheduler:
-    """Serialises and packs concurrent prediction requests into MPC batches.
+    """Serialises and packs concurrent prediction requests into MPC batches, through the serving core.
 
     Args:
-        run_batch: runs one MPC batch on every server (see :data:`RunBatch`).
+        run_batch: runs one MPC batch on every server (see :data:`~.serving.pipeline.RunBatch`).
         batching: the packing policy (:class:`~pricure_crypten.config.Batching`).
         num_servers: N (one share per server per request).
+        admission: who admits a request (default: charge nothing): a
+            :class:`~.serving.admission.LedgerAdmission` reserves in the ledger
+            when the request's first rows are packed, before any MPC work.
+        pad_rows: Offline padding (the row count a batch runs as), or None.
+        idle: called when nothing waits (e.g. the offline phase's top-up).
     """
 
     def __init__(self, run_batch: RunBatch, batching: Batching, num_servers: int, *,
-                 pad_rows: Callable[[int], int] | None = None, idle: Callable[[], None] | None = None) -> None:
-        self._run_batch = run_batch
+                 admission: Admission | None = None, pad_rows: Callable[[int], int] | None = None,
+                 idle: Callable[[], None] | None = None) -> None:
         self.batching = batching
         self.num_servers = num_servers
-        self._pad_rows = pad_rows
         self._idle = idle
         self._pad_rng = SecureRandom()
-        self._pending: collections.deque[_Request] = collections.deque()
+        self.core = ServingCore(
+            admission=admission if admission is not None else LedgerAdmission(None, None), run=run_batch,
+            deliver=lambda ticket, delivery: _settle(ticket.key, result=delivery),
+            fail=lambda ticket, error: _settle(ticket.key, error=error),
+            max_rows=batching.max_rows, merge=batching.enabled, split=True,
+            padded_rows=pad_rows, zero_shares=self._zero_shares)
+        self._pending: collections.deque[Ticket] = collections.deque()
         self._condition = threading.Condition()
-        self._ids = itertools.count(1)
         self._closed = False
         self._worker: threading.Thread | None = None
-        self.batches_run = 0
 
-    def submit(self, shares: Sequence[np.ndarray], rows: int, *, outcome: bool = False) -> Future:
-        """Queue one request (its query shares, one per server); the future resolves to a :class:`RequestResult`.
+    @property
+    def batches_run(self) -> int:
+        return self.core.batches_run
+
+    def submit(self, shares: Sequence[np.ndarray], rows: int, *, client: str = "", outcome: bool = False) -> Future:
+        """Queue one request (its query shares, one per server); the future resolves to a
+        :class:`~.serving.pipeline.Delivery`, or raises the admission's refusal or the batch's failure.
 
         With ``outcome`` (answered-only labelling), the request's MPC batches
         carry no other request's rows, and the servers reveal among themselves
@@ -105,7 +96,8 @@ class RequestScheduler:
         with self._condition:
             if self._closed:
                 raise SchedulerClosedError("the ensemble is closed")
-            self._pending.append(_Request(next(self._ids), list(shares), rows, future, outcome=bool(outcome)))
+            self._pending.append(Ticket(client=client, shares=list(shares), outcome=bool(outcome), key=future,
+                                        claim=_claim(future)))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="pricure-scheduler", daemon=True)
                 self._worker.start()
@@ -119,9 +111,12 @@ class RequestScheduler:
             dropped = list(self._pending)
             self._pending.clear()
             self._condition.notify_all()
-        for request in dropped:
-            if not request.future.done() and (request.next_row > 0 or request.future.set_running_or_notify_cancel()):
-                request.future.set_exception(SchedulerClosedError("the ensemble was closed before this request ran"))
+        for ticket in dropped:
+            future = ticket.key
+            if not future.done() and (ticket.verdict is not None or future.set_running_or_notify_cancel()):
+                if ticket.verdict is not None:
+                    ticket.verdict.give_back()  # admitted, some rows computed, nothing delivered
+                future.set_exception(SchedulerClosedError("the ensemble was closed before this request ran"))
 
     def join(self, timeout: float | None = None) -> None:
         if self._worker is not None and self._worker is not threading.current_thread():
@@ -130,10 +125,10 @@ class RequestScheduler:
     # -- the worker --
 
     def _queued_rows(self) -> int:
-        return sum(r.rows - r.next_row for r in self._pending)
+        return sum(t.remaining for t in self._pending)
 
-    def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
-        """Wait for work; return [(request, first row, last row)] in arrival order, or None when closed."""
+    def _waiting(self) -> list[Ticket] | None:
+        """Wait for work (and the batching window); the waiting tickets in arrival order, or None when closed."""
         with self._condition:
             idle = not self._pending
         if idle and self._idle is not None and not self._closed:
@@ -155,77 +150,33 @@ class RequestScheduler:
                     self._condition.wait(remaining)
                 if self._closed:
                     return None
-            while True:  # a request cancelled while queued is dropped (its caller is gone); pack again
-                queue = list(self._pending)
-                chosen = pack([r.rows - r.next_row for r in queue], self.batching.max_rows,
-                              merge=self.batching.enabled, alone={i for i, r in enumerate(queue) if r.outcome})
-                cancelled = [queue[i] for i, _ in chosen
-                             if queue[i].next_row == 0 and not queue[i].future.running()
-                             and not queue[i].future.set_running_or_notify_cancel()]
-                if not cancelled:
-                    break
-                for request in cancelled:
-                    self._pending.remove(request)
-            batch = []
-            for index, take in chosen:
-                request = queue[index]
-                batch.append((request, request.next_row, request.next_row + take))
-                request.next_row += take
-                if request.next_row == request.rows:
-                    self._pending.remove(request)
-            return batch
+            return list(self._pending)
 
     def _work(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            queue = self._waiting()
+            if queue is None:
                 return
-            if not batch:
-                continue
-            first, start, stop = batch[0]
-            # alone in its batch, its rows first: reveal only theirs
-            outcome_rows = stop - start if first.outcome else 0
             try:
-                replies, pieces = run_packed(
-                    [[share[a:b] for share in r.shares] for r, a, b in batch],
-                    lambda shares: self._run_batch(shares, outcome_rows=outcome_rows) if outcome_rows
-                    else self._run_batch(shares),
-                    padded_rows=self._pad_rows, zero_shares=self._zero_shares)
-            except BaseException as error:  # noqa: BLE001 - handed to every request of the batch
-                self._fail([r for r, _, _ in batch], error)
-                continue
-            self.batches_run += 1
-            self._deliver(batch, replies, pieces)
+                ended = self.core.step(queue)
+            except BaseException:  # noqa: BLE001 - the core failed every ticket of the batch; go on
+                ended = [t for t in queue if t.finished]
+            with self._condition:
+                for ticket in ended:
+                    if ticket in self._pending:
+                        self._pending.remove(ticket)
 
     def _zero_shares(self, zeros: np.ndarray) -> list[np.ndarray]:
         """Fresh shares of zero (padding) rows, one per server."""
         return share_encoded(zeros, num_parties=self.num_servers, rng=self._pad_rng)
 
-    def _fail(self, requests: list[_Request], error: BaseException) -> None:
-        with self._condition:
-            for request in requests:
-                if request in self._pending:  # its other rows must not run either
-                    self._pending.remove(request)
-        for request in requests:
-            if not request.future.done():
-                request.future.set_exception(error)
 
-    def _deliver(self, batch: list[tuple[_Request, int, int]], replies: list[BatchReply], pieces: list) -> None:
-        for (request, start, stop), (label_shares, costs) in zip(batch, pieces):
-            request.parts.append(label_shares)
-            request.costs = add_costs(request.costs, costs)
-            if request.outcome:
-                outcomes = [np.asarray(reply.outcome, dtype=np.int64) for reply in replies]
-                if any(o.shape != (stop - start,) or not np.array_equal(o, outcomes[0]) for o in outcomes):
-                    error = RuntimeError("the servers disagree on the revealed outcomes: the computation was corrupted")
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                    continue
-                request.outcomes.append(outcomes[0])
-            if stop == request.rows and not request.future.done():
-                request.future.set_result(RequestResult(
-                    request_id=request.request_id,
-                    label_shares=[gather([part[server] for part in request.parts]) for server in range(self.num_servers)],
-                    costs=list(request.costs),
-                    outcomes=np.concatenate(request.outcomes) if request.outcome else None,
-                ))
+def _settle(future: Future, *, result: Delivery | None = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if not future.running() and not future.set_running_or_notify_cancel():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

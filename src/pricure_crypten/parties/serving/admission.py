@@ -1,31 +1,79 @@
-"""Admission: may this client's request run, and at what privacy cost? One interface, both modes.
+"""Admission: may these requests run, and at what privacy cost? One interface, two rules.
 
-* :class:`Admission` is the local rule: a request of ``rows`` queries is
-  reserved in a privacy ledger (:meth:`Admission.reserve`, through the
-  ledger's public :meth:`~pricure_crypten.privacy.accounting.PrivacyLedger.spend`)
-  BEFORE any MPC work; the reservation is confirmed before anything is
-  delivered, and rolled back if anything fails first. Without a ledger
-  nothing is charged. The library mode admits every request so, once.
-* Across servers (the networked mode), every server applies the same local
-  rule to its OWN ledger and casts a :class:`Vote`; :func:`agree` turns the
-  gathered votes of one request into the one decision every server takes
-  (a pure function of public votes).
+Both rules implement :class:`Admission`: ``admit(tickets)`` returns one
+:class:`Verdict` per ticket, and a ticket that may run holds a reservation
+in a privacy ledger, made BEFORE any MPC work on it; the serving core
+(:class:`~.pipeline.ServingCore`) confirms the reservation before anything
+is delivered and rolls it back if anything fails first.
+
+* :class:`LedgerAdmission` is the local rule (the library mode): each
+  ticket is claimed (a cancelled one is dropped) and its rows are reserved
+  in one ledger (answered-only tickets reserve their worst case, see
+  :meth:`~pricure_crypten.privacy.accounting.PrivacyLedger.spend_answered_only`).
+  Without a ledger nothing is charged.
+* :class:`AgreedAdmission` is the rule across servers (the networked mode):
+  every server applies the local rule to its OWN ledger and casts a
+  :class:`Vote`, the votes are gathered, and :func:`agree` turns each
+  ticket's votes into the one decision every server takes (a pure function
+  of public votes). A server that reserved for a ticket refused elsewhere
+  gives its reservation back.
 
 Who sees what: the admitting party sees the client's identity, the row
-count and the mechanism's cost, never a share's value.
+count and the mechanism's cost, never a share's value; the gathered votes
+are public metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 OK, WAIT, REFUSE = "ok", "wait", "refuse"
 
 
-class Admission:
-    """Reserve a request's privacy cost in one ledger (or charge nothing without one).
+class Refused(RuntimeError):
+    """A request was refused before any MPC work: nothing was computed, revealed or charged."""
+
+
+class Dropped(Refused):
+    """A request did not reach every server in time: dropped everywhere, nothing charged."""
+
+
+@dataclass(eq=False)
+class Verdict:
+    """Admission's answer for one ticket: ``error`` None means it may run (its ``stack`` holds the reservation)."""
+
+    error: Optional[BaseException] = None
+    stack: Optional[contextlib.ExitStack] = None  # holds the entered reservation (its ``with`` block)
+    reservation: Any = None  # the ledger's Spend / OutcomeSpend, or None without a ledger
+
+    def give_back(self) -> None:
+        """Nothing derived from the request was or will be released: the reservation is rolled back."""
+        if self.reservation is not None and self.reservation.state == "reserved":
+            self.reservation.cancel()
+        if self.stack is not None:
+            self.stack.close()
+
+    def confirm(self, *, answered: Optional[int] = None) -> None:
+        """Charge it (BEFORE delivering): plainly, or, answered-only, with ``answered`` of its rows answered."""
+        if self.reservation is not None:
+            if answered is None:
+                self.reservation.confirm()
+            else:
+                self.reservation.confirm(answered=answered)
+        if self.stack is not None:
+            self.stack.close()
+
+
+class Admission(Protocol):
+    """The one interface: a verdict per ticket, in order; every ``ok`` verdict holds its reservation."""
+
+    def admit(self, tickets: Sequence[Any]) -> list[Verdict]: ...
+
+
+class LedgerAdmission:
+    """The local rule: claim each ticket, then reserve its rows in one ledger (or charge nothing without one).
 
     Args:
         ledger: a :class:`~pricure_crypten.privacy.accounting.PrivacyLedger`, or None (nothing charged).
@@ -38,16 +86,35 @@ class Admission:
         self.ledger = ledger
         self.mechanism = mechanism
 
-    def reserve(self, client: str, rows: int) -> ContextManager[Any]:
-        """A context manager: entering reserves ``rows`` queries (or raises ``BudgetExceededError``).
-
-        The value it gives has ``confirm()`` (call it BEFORE delivering) and
-        ``cancel()``; leaving the block with an exception rolls the
-        reservation back (nothing was delivered). ``None`` without a ledger.
-        """
+    def spend(self, client: str, rows: int, *, outcome: bool = False) -> Any:
+        """The ledger's (not yet entered) spend for ``rows`` queries; answered-only when ``outcome``. None: no ledger."""
         if self.ledger is None:
-            return contextlib.nullcontext()
+            return None
+        if outcome:
+            from ...privacy.accounting.outcome import AnsweredOnlyCosts
+
+            return self.ledger.spend_answered_only(client, AnsweredOnlyCosts.of(self.mechanism), queries=rows)
         return self.ledger.spend(client, self.mechanism, queries=rows)
+
+    def reserve_one(self, ticket: Any) -> Verdict:
+        """Reserve one ticket's rows (a refusal is a verdict, never an exception)."""
+        from ...privacy.accounting.errors import BudgetExceededError
+
+        stack = contextlib.ExitStack()
+        try:
+            spend = self.spend(ticket.client, ticket.rows, outcome=ticket.outcome)
+            reservation = stack.enter_context(spend) if spend is not None else None
+        except (BudgetExceededError, ValueError, TypeError) as error:
+            stack.close()
+            return Verdict(error=error)
+        return Verdict(stack=stack, reservation=reservation)
+
+    def admit(self, tickets: Sequence[Any]) -> list[Verdict]:
+        verdicts = []
+        for ticket in tickets:
+            reason = ticket.claim()
+            verdicts.append(Verdict(error=Refused(reason)) if reason is not None else self.reserve_one(ticket))
+        return verdicts
 
 
 @dataclass(frozen=True)
@@ -85,3 +152,47 @@ def agree(votes: Sequence[Vote], *, incomplete_after: float) -> Decision:
         return Decision("drop", f"the query share did not reach server(s) {waiting} within {incomplete_after:g} s; "
                                 "dropped on every server, nothing charged")
     return Decision("wait")
+
+
+class AgreedAdmission:
+    """The rule across servers: every server votes with its own ledger; all take the gathered decision.
+
+    Args:
+        local: this server's :class:`LedgerAdmission` (its OWN ledger).
+        gather: gathers one public object from every server, in rank order (all servers call it together).
+        rank: this server's rank (named in its refusals).
+        incomplete_after: seconds after which a request missing on some server is dropped.
+
+    A ticket here also has ``age`` (seconds since it arrived at this server)
+    and ``vote_checks()`` (a refusal reason from this server's own checks,
+    or None), consulted before its ``claim()``.
+    """
+
+    def __init__(self, local: LedgerAdmission, gather: Callable[[Any], list], *, rank: int,
+                 incomplete_after: float) -> None:
+        self.local = local
+        self.gather = gather
+        self.rank = rank
+        self.incomplete_after = incomplete_after
+
+    def admit(self, tickets: Sequence[Any]) -> list[Verdict]:
+        mine: list[Vote] = []
+        local: list[Verdict] = []
+        for ticket in tickets:
+            reason = ticket.vote_checks() or ticket.claim()
+            verdict = Verdict(error=Refused(reason)) if reason is not None else self.local.reserve_one(ticket)
+            if verdict.error is not None and reason is None:
+                reason = f"over budget on server {self.rank}: {verdict.error}"
+            local.append(verdict)
+            mine.append(Vote(REFUSE, reason, ticket.age) if reason is not None else Vote(OK, None, ticket.age))
+        gathered = self.gather(mine)
+        out = []
+        for index, verdict in enumerate(local):
+            decision = agree([votes[index] for votes in gathered], incomplete_after=self.incomplete_after)
+            if decision.action == "run":
+                out.append(verdict)
+                continue
+            verdict.give_back()  # reserved here, refused elsewhere: nothing was computed
+            kind = Dropped if decision.action == "drop" else Refused
+            out.append(Verdict(error=kind(decision.reason or "not every server has this request yet")))
+        return out
