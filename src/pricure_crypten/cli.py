@@ -1,7 +1,7 @@
 """The ``pricure`` command line: ``pricure demo`` (the main job), ``pricure budget``, and the deployment:
 ``pricure serve`` / ``pricure dealer`` (one party per process), ``pricure admin`` (CA, certificates,
-credentials), ``pricure owner upload`` and ``pricure query`` (remote owner and client), and
-``pricure label`` (private labelling of a pool, library mode).
+credentials), ``pricure owner upload`` and ``pricure query`` (remote owner and client; ``--label``:
+private labelling of a pool against a deployment), and ``pricure label`` (the same, library mode).
 
 Bad input gets one clear line on stderr and exit code 2, never a traceback.
 """
@@ -219,6 +219,9 @@ def _deployment_main(command: str, argv: list[str]) -> int:
         parser.add_argument("--budget-epsilon", type=_epsilon, default=float("inf"),
                             help="each client's total epsilon in THIS server's ledger")
         parser.add_argument("--budget-delta", type=_delta, default=0.0)
+        parser.add_argument("--accountant", default="auto",
+                            help="THIS server's ledger accountant (e.g. basic, rdp, rdp-filter: needed for "
+                                 "answered-only labelling)")
         parser.add_argument("--wait", type=_seconds("--wait"), default=120.0,
                             help="seconds to wait for the other parties at the rendezvous")
         parser.add_argument("--timeout", type=_seconds("--timeout"), default=60.0,
@@ -265,7 +268,7 @@ def _deployment_main(command: str, argv: list[str]) -> int:
                 cluster=cluster, batching=Batching(max_rows=args.max_batch),
                 offline=Offline(batch_sizes=tuple(args.offline_batch), depth=args.offline_depth),
                 budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-                wait=args.wait, incomplete_after=args.incomplete_after,
+                budget_accountant=args.accountant, wait=args.wait, incomplete_after=args.incomplete_after,
                 max_upload=int(args.max_upload_mb * 1024 * 1024), argv=("serve", *argv),
                 max_params=args.max_params, max_activation=args.max_activation,
                 max_client_requests=args.max_client_requests, max_client_rows=args.max_client_rows,
@@ -360,7 +363,21 @@ def _deployment_main(command: str, argv: list[str]) -> int:
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--input", type=Path, required=True, help="a .npy float array (batch, *input_shape)")
     parser.add_argument("--timeout", type=_seconds("--timeout"), default=60.0)
+    parser.add_argument("--label", action="store_true",
+                        help="label the whole --input pool under your budget, chunk by chunk (as 'pricure label'); "
+                             "needs --out")
+    parser.add_argument("--budget", type=_epsilon, default=None,
+                        help="--label: optional cap on your total spent epsilon after this call")
+    parser.add_argument("--accounting", choices=["conservative", "answered-only"], default="conservative",
+                        help="--label: answered-only needs Confident-GNMax servers with --accountant rdp-filter")
+    parser.add_argument("--out", type=Path, default=None, help="--label: the labels (.npy, int64)")
+    parser.add_argument("--summary", type=Path, default=None, help="--label: the JSON summary (default: stdout)")
     args = parser.parse_args(argv)
+    if args.label and args.out is None:
+        parser.error("--label needs --out (the labels file)")
+    if not args.label and (args.budget is not None or args.accounting != "conservative" or args.out is not None
+                           or args.summary is not None):
+        parser.error("--budget, --accounting, --out and --summary go with --label")
     import numpy as np
 
     from .parties.net.remote import RemoteEnsemble
@@ -368,8 +385,16 @@ def _deployment_main(command: str, argv: list[str]) -> int:
     batch = np.load(args.input, allow_pickle=False)
     with RemoteEnsemble(servers=args.servers, credential=args.token_file, ca=args.ca,
                         timeout=args.timeout) as ensemble:
-        labels = ensemble.predict(batch).labels
-    print(json.dumps({"labels": labels.tolist()}))
+        if not args.label:
+            print(json.dumps({"labels": ensemble.predict(batch).labels.tolist()}))
+            return 0
+        result = ensemble.label(batch, budget=args.budget, accounting=args.accounting)
+    np.save(args.out, result.labels)
+    summary = json.dumps(dict(result.summary(), labels=str(args.out), charged=True))
+    if args.summary is not None:
+        args.summary.write_text(summary + "\n")
+    else:
+        print(summary)
     return 0
 
 

@@ -30,7 +30,6 @@ reconstructs anything except through ``Client.reveal``.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from .parties.client import Client
 from .parties.cluster import ServerProcesses, ServerError
 from .parties.owner import ModelOwner, check_owners
 from .parties.serving.admission import LedgerAdmission
+from .parties.serving.budget import check_accounting, check_budget, rows_that_fit, spent, worst_case
+from .parties.serving.labelling import ACCOUNTING_MODES, NOT_SENT, Labelling, label_in_chunks
 from .parties.serving.messages import Info, Load, Precompute, Predict, Profile, Refill, ServerSettings
 from .parties.serving.results import Cost, OfflineCost, Prediction
 
@@ -90,71 +91,6 @@ def summarise_profile(replies: list[dict], wall_seconds: float) -> dict[str, flo
     summary = {k: max(t.get(k, 0.0) for t in per_server) for k in keys}
     summary["routing"] = max(0.0, wall_seconds - summary["total"])
     return summary
-
-
-NOT_SENT = -2
-"""The label of a pool row that was never sent (refused for budget, or after a failure): no share of it
-left the client, nothing was charged for it, nothing about it was revealed."""
-
-ACCOUNTING_MODES = ("conservative", "answered-only")
-_RESERVE_RETRIES = 3  # a chunk that fitted the dry run but not the reservation (a concurrent spend) is re-sized
-
-
-@dataclass(frozen=True)
-class Labelling:
-    """The result of :meth:`PrivateEnsemble.label`: the client's view of a private labelling of its pool.
-
-    Attributes:
-        labels: (len(pool),) int64: the released label, ``ABSTAIN`` (-1) where
-            the mechanism abstained (Confident-GNMax), ``NOT_SENT`` (-2) for a
-            row that was never sent.
-        answered: (len(pool),) bool: a label was released for the row.
-        sent: rows sent through the MPC (always the first ``sent`` rows of the pool).
-        refused: rows refused because the next one would not fit the budget
-            (never shared, never charged, nothing revealed about them).
-        accounting: ``"conservative"`` or ``"answered-only"`` (see :meth:`PrivateEnsemble.label`).
-        spent_before / spent_after: the client's TOTAL (epsilon, delta) spent,
-            per the ledger's accountant (at the ledger's total delta), before
-            and after this call (``None`` without a ledger: nothing is charged).
-            Under the ``"rdp-filter"`` accountant this is the filter's progress
-            gauge; the guarantee is the ledger's budget.
-        batches: MPC batches this call ran (one per chunk of at most ``Batching.max_rows`` rows).
-        cost: the summed :class:`Cost` of the chunks (``reveals`` = client reveals, one per chunk;
-            ``outcome_reveals`` = the servers' reveals of the answered bits, answered-only only).
-        stopped: ``"complete"``, ``"budget"`` (the ledger's budget, or ``budget``, would be exceeded by
-            the next row) or ``"error: ..."`` (an MPC failure after some chunks were released; the
-            failed chunk was neither revealed nor charged).
-    """
-
-    labels: np.ndarray
-    answered: np.ndarray
-    sent: int
-    refused: int
-    accounting: str
-    spent_before: tuple[float, float] | None
-    spent_after: tuple[float, float] | None
-    batches: int
-    cost: Cost
-    stopped: str = "complete"
-
-    @property
-    def abstained(self) -> int:
-        """Rows sent for which no label was released (Confident-GNMax abstentions)."""
-        return int(self.sent - np.count_nonzero(self.answered))
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (no labels; a non-finite epsilon is written as the string "inf")."""
-        def spent(pair: tuple[float, float] | None) -> list | None:
-            return None if pair is None else [x if math.isfinite(x) else str(x) for x in pair]
-
-        return {
-            "rows": int(self.labels.shape[0]), "sent": self.sent, "answered": int(np.count_nonzero(self.answered)),
-            "abstained": self.abstained, "refused": self.refused, "accounting": self.accounting,
-            "spent_before": spent(self.spent_before), "spent_after": spent(self.spent_after),
-            "batches": self.batches, "reveals": self.cost.reveals, "outcome_reveals": self.cost.outcome_reveals,
-            "server_decodes": self.cost.server_decodes, "rounds": self.cost.rounds,
-            "bytes_sent": self.cost.bytes_sent, "seconds": self.cost.seconds, "stopped": self.stopped,
-        }
 
 
 def _checked(value: Any, kind: type, name: str) -> Any:
@@ -400,7 +336,7 @@ class PrivateEnsemble:
         budget: float | None = None,
         accounting: str = "conservative",
     ) -> Labelling:
-        """Label a client's unlabelled pool privately, under its privacy budget (LIBRARY mode only).
+        """Label a client's unlabelled pool privately, under its privacy budget (library mode; networked: below).
 
         The pool is cut into chunks of at most ``Batching.max_rows`` rows (the
         fewest MPC batches the batching allows). Before each chunk the ledger
@@ -440,11 +376,16 @@ class PrivateEnsemble:
         clients' rows, and padding rows' bits are never opened. The client
         learns nothing more than in the conservative mode.
 
-        Networked mode: not available yet. ``pricure serve`` deployments
-        answer :meth:`RemoteEnsemble.predict` calls (Confident-GNMax included,
-        charged conservatively); the budget-driven chunking and the
-        answered-only charge (the servers' outcome reveal, ``Predict.outcome_rows``)
-        are not wired into the networked node.
+        Networked mode: :meth:`RemoteEnsemble.label` (``pricure query
+        --label``) does the same against ``pricure serve`` servers and
+        returns the same :class:`Labelling`: chunks of at most the servers'
+        ``max_rows``; before each chunk every server answers, from its OWN
+        ledger (``GET /v1/budget``), how many rows fit the worst case, and
+        the smallest answer is sent; answered-only needs Confident-GNMax and
+        ``--accountant rdp-filter`` on every server, each charging from the
+        servers' revealed outcome bits (the client checks they agree with
+        its labels). ``spent_before``/``spent_after`` are then the largest
+        over the servers' ledgers.
 
         Raises (before any MPC work, nothing shared, nothing charged):
             TypeError / ValueError for a malformed pool, client, budget or
@@ -458,97 +399,42 @@ class PrivateEnsemble:
             mode once it started running (the servers may have opened its
             outcome bits before the failure: over-count, never under-count).
         """
-        from .privacy.accounting.base import within
         from .privacy.accounting.errors import BudgetExceededError
-        from .privacy.accounting.outcome import AnsweredOnlyCosts
 
         begin = time.perf_counter()
         if not isinstance(client, Client):
             raise TypeError(f"client must be a pricure_crypten.Client, not {type(client).__name__}")
-        if accounting not in ACCOUNTING_MODES:
-            raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {accounting!r}")
+        check_accounting(accounting)
         if isinstance(pool, (torch.Tensor, np.ndarray)) and len(pool.shape) >= 1 and pool.shape[0] == 0:
             raise ValueError("the pool is empty: nothing to label")
         rows = Client.check_queries(pool, self.input_shape)
-        if budget is not None:
-            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-                raise ValueError(f"budget must be an epsilon > 0 (or None: the ledger's budget), got {budget!r}")
-            if self.ledger is None:
-                raise ValueError("budget needs a ledger: give the PrivateEnsemble a PrivacyLedger")
-        answered_only = accounting == "answered-only"
-        costs = None
-        if answered_only:
-            if self.ledger is None:
-                raise ValueError("answered-only accounting charges a ledger: give the PrivateEnsemble a "
-                                 "PrivacyLedger(accountant='rdp-filter')")
-            costs = AnsweredOnlyCosts.of(self.mechanism)  # TypeError unless Confident-GNMax
-            # ValueError unless the ledger is a filter ('rdp-filter'); the spend is not entered: nothing reserved
-            self.ledger.spend_answered_only(client.name, costs, queries=1)
-        self._check_open()
+        budget = check_budget(budget)
+        if budget is not None and self.ledger is None:
+            raise ValueError("budget needs a ledger: give the PrivateEnsemble a PrivacyLedger")
         ledger = self.ledger
-        worst = costs.answered if costs is not None else self.mechanism
+        # answered-only: TypeError unless Confident-GNMax, ValueError unless an 'rdp-filter' ledger; nothing reserved
+        worst, costs = worst_case(ledger, client.name, self.mechanism, accounting)
+        self._check_open()
 
-        def fits(count: int) -> bool:
-            try:
-                epsilon, _ = ledger.check(client.name, worst, queries=count)
-            except BudgetExceededError:
-                return False
-            return budget is None or within(epsilon, float(budget))
-
-        def rows_that_fit(limit: int) -> int:
-            if ledger is None or fits(limit):
-                return limit
-            low, high = 0, limit  # fits(low), not fits(high); adding a query never lowers the spend
-            while high - low > 1:
-                middle = (low + high) // 2
-                low, high = (middle, high) if fits(middle) else (low, middle)
-            return low
-
-        def spent() -> tuple[float, float] | None:
-            if ledger is None:
-                return None
-            status = ledger.status(client.name)
-            return (status.spent_epsilon, status.spent_delta)
+        def fit(limit: int) -> int:
+            return rows_that_fit(ledger, client.name, worst, limit, budget=budget)
 
         total = rows.shape[0]
         chunk = min(self.batching.max_rows, self.batching.max_queries)
-        first = rows_that_fit(min(chunk, total))
+        first = fit(min(chunk, total))
         if first == 0:  # refuse before any MPC work, with the ledger's own message where it is the ledger
             ledger.check(client.name, worst, queries=1)
             raise ValueError(f"budget={budget!r} cannot afford one row: the client's total spent epsilon would "
                              f"exceed it (per the ledger's {ledger.accountant!r} accountant); nothing was charged")
-        labels = np.full(total, NOT_SENT, dtype=np.int64)
-        before = spent()
-        chunk_costs: list[Cost] = []
-        sent, stopped, allowed, retries = 0, "complete", first, 0
-        while sent < total:
-            allowed = allowed if allowed is not None else rows_that_fit(min(chunk, total - sent))
-            if allowed == 0:
-                stopped = "budget"
-                break
-            batch = rows[sent:sent + allowed]
-            try:
-                chunk_labels, cost = self._label_chunk(batch, client=client, costs=costs)
-            except BudgetExceededError:  # another process spent meanwhile: ask again (a few times)
-                retries += 1
-                if retries > _RESERVE_RETRIES:
-                    stopped = "budget"
-                    break
-                allowed = None
-                continue
-            except ServerError as error:
-                if not chunk_costs:
-                    raise
-                stopped = f"error: {error}"
-                break
-            labels[sent:sent + allowed] = chunk_labels
-            chunk_costs.append(cost)
-            sent += allowed
-            allowed = None
+        before = spent(ledger, client.name)
+        labels, sent, stopped, chunk_costs = label_in_chunks(
+            total, chunk, first=first, rows_that_fit=fit,
+            run=lambda start, stop: self._label_chunk(rows[start:stop], client=client, costs=costs),
+            over_budget=(BudgetExceededError,), failure=(ServerError,))
         return Labelling(
             labels=labels, answered=labels >= 0, sent=sent,
             refused=total - sent if stopped == "budget" else 0, accounting=accounting,
-            spent_before=before, spent_after=spent(), batches=sum(c.batches for c in chunk_costs),
+            spent_before=before, spent_after=spent(ledger, client.name), batches=sum(c.batches for c in chunk_costs),
             cost=Cost.total(chunk_costs, time.perf_counter() - begin), stopped=stopped,
         )
 
@@ -573,5 +459,5 @@ class PrivateEnsemble:
         return labels, Cost.of(result.costs, queries=rows, seconds=time.perf_counter() - start,
                                reveals=client.reveals - reveals_before)
 
-__all__ = ["NOT_SENT", "Cost", "EnsembleClosedError", "Labelling", "OfflineCost", "Prediction", "PrivateEnsemble",
-           "ServerError"]
+__all__ = ["ACCOUNTING_MODES", "NOT_SENT", "Cost", "EnsembleClosedError", "Labelling", "OfflineCost", "Prediction",
+           "PrivateEnsemble", "ServerError"]

@@ -17,8 +17,18 @@ Endpoints (JSON unless noted; every error is ``{"detail": "one clear line"}``):
   ``stored``, ``stored (not on every server yet)`` with the upload still
   served, or ``quarantined`` with the reason).
 * ``POST /v1/queries`` (client): ``{"request_id": 32 hex, "share": {dtype, shape, data}}``.
+  Optional key ``"accounting"``: ``"conservative"`` (default) or
+  ``"answered-only"`` (Confident-GNMax and an ``rdp-filter`` ledger on this
+  server, else 422): the servers then reveal among themselves each row's
+  answered bit and charge the argmax step only for answered rows.
 * ``GET /v1/queries/{request_id}`` (client): status and, when done, this
-  server's share of the one-hot labels; another client's id reads as unknown.
+  server's share of the one-hot labels (answered-only: also ``outcome``, the
+  servers' answered bit per row); another client's id reads as unknown.
+* ``GET /v1/budget?rows=N&accounting=...&budget=E`` (client): the CALLING
+  client's status in this server's own ledger (spent and total epsilon and
+  delta, the accountant) and how many of N more rows fit it, for the worst
+  case of each row (``budget``: an optional cap on the total spent epsilon).
+  Nothing is written; no other client's figures are ever shown.
 * ``DELETE /v1/queries/{request_id}`` (client): cancel the client's own
   request. ``status`` says what this server can promise: ``cancelled`` (it
   had reserved no budget for it and refuses it at the next vote, so no server
@@ -40,15 +50,53 @@ requests and ``max_client_rows`` pending rows per server (HTTP 429 beyond).
 
 
 
+import math
 import threading
 import time
 from typing import Any
 
+from ..serving.budget import ACCOUNTING_MODES
 from .wire import REQUEST_ID, ShapeError, TooManyRequests, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_PARSING = 3  # uploads read and checked at the same time (each holds up to --max-upload-mb), one per owner
 MAX_QUERY_BODIES = 8  # query bodies read and decoded at the same time (each up to MAX_JSON_BYTES); others wait
+MAX_BUDGET_ROWS = 1_000_000  # rows one /v1/budget question may ask about
+
+
+def _number(x: float) -> Any:
+    """A float for JSON: finite as is, else the string "inf" (JSON has no infinity)."""
+    return x if math.isfinite(x) else str(x)
+
+
+def budget_status(node: Any, client: str, *, rows: str, accounting: str, budget: Any = None) -> dict:
+    """``GET /v1/budget``: the calling client's status in THIS server's ledger, and how many of ``rows``
+    more rows fit it for the worst case of each row (as ``label()`` asks before each chunk).
+
+    Uses only ``node.ledger`` and ``node.mechanism``. Raises ValueError/TypeError (HTTP 422) for a bad
+    ``rows``, ``budget`` or ``accounting``, or an accounting mode this server cannot charge. Writes nothing.
+    """
+    from ..serving.budget import check_accounting, check_budget, rows_that_fit, worst_case
+
+    if not (isinstance(rows, str) and rows.isdigit() and 0 <= int(rows) <= MAX_BUDGET_ROWS):
+        raise ValueError(f"rows must be an integer in [0, {MAX_BUDGET_ROWS}], got {rows!r}")
+    check_accounting(accounting)
+    if budget is not None:
+        try:
+            budget = float(budget)
+        except ValueError:
+            raise ValueError(f"budget must be an epsilon > 0, got {budget!r}") from None
+    budget = check_budget(budget)
+    worst, _ = worst_case(node.ledger, client, node.mechanism, accounting)
+    status = node.ledger.status(client)
+    return {"client": client, "rank": node.config.rank, "accounting": accounting,
+            "accountant": node.ledger.accountant, "bound": status.bound,
+            "total_epsilon": _number(status.total_epsilon), "total_delta": status.total_delta,
+            "spent_epsilon": _number(status.spent_epsilon), "spent_delta": status.spent_delta,
+            "remaining_epsilon": _number(status.remaining_epsilon),
+            "answered_queries": status.answered_queries, "reserved_queries": status.reserved_queries,
+            "rows": int(rows), "budget": budget,
+            "rows_that_fit": rows_that_fit(node.ledger, client, worst, int(rows), budget=budget)}
 
 
 def _read_limited(request: Any, limit: int, timeout: float) -> Any:
@@ -161,11 +209,20 @@ def build_app(node: Any) -> Any:
 
         def parse_and_submit() -> str:
             message = loads_json(body)
-            if not isinstance(message, dict) or set(message) != {"request_id", "share"}:
-                raise WireError("the body must be an object with keys request_id and share")
+            if not isinstance(message, dict) or not {"request_id", "share"} <= set(message) or \
+                    not set(message) <= {"request_id", "share", "accounting"}:
+                raise WireError("the body must be an object with keys request_id and share (and optionally "
+                                "accounting)")
             if not isinstance(message["request_id"], str):
                 raise WireError("request_id must be a string")
-            node.submit(client, message["request_id"], decode_array(message["share"], name="share"))
+            accounting = message.get("accounting", "conservative")
+            if accounting not in ACCOUNTING_MODES:
+                raise WireError(f"accounting must be one of {', '.join(ACCOUNTING_MODES)}, got {accounting!r}")
+            share = decode_array(message["share"], name="share")
+            if accounting == "answered-only":  # ValueError (-> 422) if this server cannot charge it so
+                node.submit(client, message["request_id"], share, outcome=True)
+            else:
+                node.submit(client, message["request_id"], share)
             return message["request_id"]
 
         try:
@@ -174,6 +231,8 @@ def build_app(node: Any) -> Any:
                 request_id = await anyio.to_thread.run_sync(parse_and_submit)
         except WireError as error:
             raise _http(422 if isinstance(error, ShapeError) else 400, str(error)) from None
+        except (ValueError, TypeError) as error:  # the node cannot serve what was asked (e.g. answered-only)
+            raise _http(422, str(error)) from None
         except LookupError as error:
             raise _http(503, str(error)) from None
         except FileExistsError as error:
@@ -181,6 +240,16 @@ def build_app(node: Any) -> Any:
         except TooManyRequests as error:
             raise _http(429, str(error)) from None
         return {"request_id": request_id, "status": "pending"}
+
+    @app.get("/v1/budget")
+    def get_budget(request: Request) -> dict:
+        client = who(request, "client")  # the calling client's own figures only: never another client's
+        try:
+            return budget_status(node, client, rows=request.query_params.get("rows", "0"),
+                                 accounting=request.query_params.get("accounting", "conservative"),
+                                 budget=request.query_params.get("budget"))
+        except (ValueError, TypeError) as error:
+            raise _http(422, str(error)) from None
 
     @app.get("/v1/queries/{request_id}")
     def get_query(request_id: str, request: Request) -> dict:

@@ -20,8 +20,10 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..client import Client
+from ..serving.budget import check_accounting, check_budget
+from ..serving.labelling import Labelling, label_in_chunks
 from ..serving.results import Cost, Prediction, ServerCost
-from .wire import bundle_to_bytes, decode_array, encode_array
+from .wire import MAX_QUERY_ROWS, bundle_to_bytes, decode_array, encode_array
 
 
 class RemoteError(RuntimeError):
@@ -31,6 +33,13 @@ class RemoteError(RuntimeError):
     server's share. Whether the request was computed and charged on the
     servers is stated in the text (a request cancelled in time is not).
     """
+
+
+class RemoteBudgetError(RemoteError):
+    """Refused for the client's budget (some server's own ledger) before any MPC work: nothing was charged."""
+
+
+OVER_BUDGET = "over budget on server"  # how a server's refusal for budget starts (its vote's reason)
 
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,200}$")  # what 'pricure admin add' writes (secrets.token_urlsafe)
@@ -130,6 +139,13 @@ class _Servers:
 class RemoteEnsemble:
     """A client of a deployed ensemble: ``RemoteEnsemble(servers=[...], credential=..., ca=...).predict(x)``.
 
+    :meth:`predict` labels one batch (one request, charged by every server's
+    own ledger); :meth:`label` labels a whole pool under the client's budget,
+    chunk by chunk, as ``PrivateEnsemble.label`` does in library mode (same
+    :class:`~pricure_crypten.parties.serving.labelling.Labelling` result),
+    asking every server (:meth:`budget`) how many rows still fit before each
+    chunk. The client's identity (its budget key) is the credential's.
+
     Args:
         servers: the front doors of the N servers, in rank order (``host:port`` or ``https://host:port``).
         credential: the client's bearer token, or the path of its token file.
@@ -169,21 +185,35 @@ class RemoteEnsemble:
             out.append(response.json())
         return out
 
-    def submit(self, queries: Any, request_id: Optional[str] = None) -> str:
-        """Share the batch and send share i to server i; returns the request id."""
+    def _details(self) -> dict:
+        """Server 0's detailed health (this client's credential); it must hold an owner model."""
         response = self._servers.call(0, "GET", "/v1/health")
         if response.status_code != 200:
             raise RemoteError(f"server 0 refused this client (HTTP {response.status_code}): {_detail(response)}")
         health = response.json()
         if not health.get("input_shape"):
             raise RemoteError("server 0 holds no owner model yet")
-        batch = Client.check_queries(queries, tuple(health["input_shape"]))
+        return health
+
+    def submit(self, queries: Any, request_id: Optional[str] = None, *, accounting: str = "conservative") -> str:
+        """Share the batch and send share i to server i; returns the request id.
+
+        ``accounting="answered-only"`` asks the servers to charge the argmax
+        step only for answered rows (see :meth:`label`); a server that cannot
+        (not Confident-GNMax, or no ``rdp-filter`` ledger) refuses it.
+        """
+        check_accounting(accounting)
+        batch = Client.check_queries(queries, tuple(self._details()["input_shape"]))
+        return self._send(batch, request_id, accounting)
+
+    def _send(self, batch: np.ndarray, request_id: Optional[str], accounting: str) -> str:
         shares = self.client.share_queries(batch, num_servers=self.num_servers)
         request_id = request_id or secrets.token_hex(16)
         self.last_request_id = request_id
+        extra = {"accounting": accounting} if accounting != "conservative" else {}
         for i, share in enumerate(shares):
             response = self._servers.call(i, "POST", "/v1/queries",
-                                          json={"request_id": request_id, "share": encode_array(share)})
+                                          json={"request_id": request_id, "share": encode_array(share), **extra})
             if response.status_code != 202:
                 cancelled = ""
                 if i > 0:  # the servers that took their share: cancelled there (no budget reserved yet)
@@ -200,11 +230,13 @@ class RemoteEnsemble:
         """Wait for the N label shares of ``request_id`` (bounded by ``timeout``)."""
         return self._collect(request_id)[0]
 
-    def _collect(self, request_id: str) -> tuple[list[np.ndarray], list[ServerCost]]:
-        """The N label shares of ``request_id`` and the N servers' public cost figures for it."""
+    def _collect(self, request_id: str) -> tuple[list[np.ndarray], list[ServerCost], list[Optional[np.ndarray]]]:
+        """The N label shares of ``request_id``, the N servers' public cost figures for it, and each server's
+        revealed answered bits (answered-only requests; else None)."""
         deadline = time.monotonic() + self.timeout
         shares: dict[int, np.ndarray] = {}
         costs: dict[int, ServerCost] = {}
+        outcomes: dict[int, Optional[np.ndarray]] = {}
         unreachable_since: dict[int, float] = {}
         while len(shares) < self.num_servers:
             for i in range(self.num_servers):
@@ -225,16 +257,22 @@ class RemoteEnsemble:
                     shares[i] = decode_array(body["label_share"], name=f"server {i}'s label share")
                     try:
                         costs[i] = ServerCost.from_public(body["cost"])
+                        outcome = body.get("outcome")
+                        outcomes[i] = None if outcome is None else np.asarray(outcome, dtype=np.int64).reshape(-1)
                     except (KeyError, TypeError, ValueError):
-                        raise RemoteError(f"server {i} sent no valid cost figures for request {request_id}") from None
+                        raise RemoteError(f"server {i} sent no valid cost figures or outcome bits for request "
+                                          f"{request_id}") from None
                 elif body["status"] != "pending":
-                    raise RemoteError(f"server {i}: request {request_id} {body['status']}: {body.get('error')}")
+                    error = str(body.get("error"))
+                    kind = RemoteBudgetError if OVER_BUDGET in error else RemoteError
+                    raise kind(f"server {i}: request {request_id} {body['status']}: {error}")
             if len(shares) < self.num_servers:
                 if time.monotonic() > deadline:
                     raise RemoteError(f"no answer from every server within {self.timeout:g} s; "
                                       f"{self._give_up(request_id)}")
                 time.sleep(self.poll)
-        return [shares[i] for i in range(self.num_servers)], [costs[i] for i in range(self.num_servers)]
+        order = range(self.num_servers)
+        return [shares[i] for i in order], [costs[i] for i in order], [outcomes[i] for i in order]
 
     def cancel(self, request_id: str, servers: Optional[Sequence[int]] = None) -> list[dict]:
         """Cancel this client's request on every server; each server's answer (``status`` ``unreachable`` if none).
@@ -290,12 +328,126 @@ class RemoteEnsemble:
         """
         start = time.perf_counter()
         request_id = self.submit(queries)
-        shares, costs = self._collect(request_id)
+        shares, costs, _ = self._collect(request_id)
         reveals = self.client.reveals
         labels = self.client.reveal(shares)
         return Prediction(labels=labels, cost=Cost.of(costs, queries=labels.shape[0],
                                                       seconds=time.perf_counter() - start,
                                                       reveals=self.client.reveals - reveals))
+
+
+    # -- private labelling of a pool --
+
+    def budget(self, rows: int, *, accounting: str = "conservative", budget: Optional[float] = None) -> list[dict]:
+        """Every server's answer to ``GET /v1/budget``: this client's status in its own ledger, and
+        ``rows_that_fit`` of ``rows`` more rows (the worst case of each), in rank order. Writes nothing.
+
+        Raises ValueError naming the server for a question it refuses (HTTP 422: e.g. answered-only
+        accounting on a server without Confident-GNMax and an ``rdp-filter`` ledger).
+        """
+        params: dict[str, Any] = {"rows": str(int(rows)), "accounting": check_accounting(accounting)}
+        if check_budget(budget) is not None:
+            params["budget"] = repr(float(budget))
+        out = []
+        for i in range(self.num_servers):
+            response = self._servers.call(i, "GET", "/v1/budget", params=params)
+            if response.status_code == 422:
+                raise ValueError(f"server {i} refused the question: {_detail(response)}")
+            if response.status_code != 200:
+                raise RemoteError(f"server {i}: /v1/budget answered HTTP {response.status_code}: {_detail(response)}")
+            out.append(response.json())
+        return out
+
+    def _spent(self) -> tuple[float, float]:
+        """The client's largest TOTAL (epsilon, delta) spent over the servers' own ledgers."""
+        answers = self.budget(0)
+        return (max(float(a["spent_epsilon"]) for a in answers), max(float(a["spent_delta"]) for a in answers))
+
+    def _rows_that_fit(self, limit: int, accounting: str, budget: Optional[float]) -> int:
+        """The rows of the next ``limit`` whose worst case fits EVERY server's ledger (the minimum)."""
+        return min(int(a["rows_that_fit"]) for a in self.budget(limit, accounting=accounting, budget=budget))
+
+    def _label_chunk(self, batch: np.ndarray, accounting: str) -> tuple[np.ndarray, Cost]:
+        """One chunk of :meth:`label`: the normal submit/collect path, then the one reveal, here."""
+        start = time.perf_counter()
+        request_id = self._send(batch, None, accounting)
+        shares, costs, outcomes = self._collect(request_id)
+        reveals = self.client.reveals
+        labels = self.client.reveal(shares)
+        if accounting == "answered-only":  # the charge was set by the servers' bits: they must match the labels
+            bits = outcomes[0]
+            if any(o is None or o.shape != (batch.shape[0],) or not np.array_equal(o, bits) for o in outcomes):
+                raise RuntimeError(f"the servers sent missing or different outcome bits for request {request_id}: "
+                                   "the computation was corrupted")
+            if not np.array_equal(labels >= 0, bits == 1):
+                raise RuntimeError("the client's labels disagree with the servers' revealed outcomes: "
+                                   "the computation was corrupted")
+        return labels, Cost.of(costs, queries=batch.shape[0], seconds=time.perf_counter() - start,
+                               reveals=self.client.reveals - reveals)
+
+    def label(self, pool: Any, *, budget: Optional[float] = None, accounting: str = "conservative") -> Labelling:
+        """Label this client's pool privately under its budget on every server: the networked ``label()``.
+
+        The same protocol and result as :meth:`PrivateEnsemble.label` (library
+        mode): the pool is cut into chunks of at most the servers' ``max_rows``
+        (``pricure serve --max-batch``). Before each chunk every server is asked
+        (``GET /v1/budget``) how many of its rows fit this client's budget in
+        ITS OWN ledger, for the worst case of each row; the smallest answer is
+        sent, through the normal submit/collect path, computed, charged by
+        every server and revealed here (one reveal per chunk). When no row
+        fits, labelling stops cleanly: that row and every later one are never
+        shared, never charged, nothing is revealed about them
+        (:attr:`Labelling.refused`).
+
+        Args:
+            pool: (rows, *input_shape) float queries.
+            budget: optional cap on this client's TOTAL spent epsilon after this call, per each
+                server's accountant (it can only stop labelling earlier).
+            accounting: ``"conservative"`` (default: every sent row charged its full cost) or
+                ``"answered-only"`` (Confident-GNMax servers with ``rdp-filter`` ledgers: every sent
+                row is charged the threshold step, and the argmax step only if answered, from the
+                servers' revealed outcome bits; the client checks that those bits, equal on every
+                server, agree with its labels, and raises RuntimeError if not).
+
+        Who learns what: as in library mode (see :meth:`PrivateEnsemble.label`); in answered-only
+        mode each server learns each sent row's answered bit, and this client receives those bits.
+
+        Raises (before any MPC work, nothing shared, nothing charged): ValueError for a malformed or
+        empty pool, a bad ``budget`` or ``accounting``, or an accounting mode some server cannot
+        charge (it names the server); :class:`RemoteBudgetError` when not even one row fits. A
+        failure of the first chunk raises :class:`RemoteError`; a failure of a later chunk returns
+        what was labelled so far, with ``stopped`` saying so (the failed chunk reveals nothing to
+        the client; it is charged as a server's own ledger says: not at all if refused before the
+        MPC; in answered-only mode its worst case once its batch started).
+        """
+        begin = time.perf_counter()
+        check_accounting(accounting)
+        budget = check_budget(budget)
+        if len(getattr(pool, "shape", ())) >= 1 and pool.shape[0] == 0:
+            raise ValueError("the pool is empty: nothing to label")
+        health = self._details()
+        rows = Client.check_queries(pool, tuple(health["input_shape"]))
+        chunk = min(int(health["settings"]["max_rows"]), MAX_QUERY_ROWS)
+        total = rows.shape[0]
+        first = self._rows_that_fit(min(chunk, total), accounting, budget)  # also refuses an unsupported mode
+        if first == 0:
+            answers = self.budget(1, accounting=accounting, budget=budget)
+            where = ", ".join(f"server {a['rank']} (spent epsilon {a['spent_epsilon']} of {a['total_epsilon']}, "
+                              f"accountant {a['accountant']})" for a in answers if not a["rows_that_fit"])
+            cap = f" or the cap budget={budget!r}" if budget is not None else ""
+            raise RemoteBudgetError(f"privacy budget exceeded: not one row of the pool fits this client's budget "
+                                    f"on {where}{cap}; nothing was shared or charged")
+        before = self._spent()
+        labels, sent, stopped, costs = label_in_chunks(
+            total, chunk, first=first,
+            rows_that_fit=lambda limit: self._rows_that_fit(limit, accounting, budget),
+            run=lambda start, stop: self._label_chunk(rows[start:stop], accounting),
+            over_budget=(RemoteBudgetError,), failure=(RemoteError,))
+        return Labelling(
+            labels=labels, answered=labels >= 0, sent=sent, refused=total - sent if stopped == "budget" else 0,
+            accounting=accounting, spent_before=before, spent_after=self._spent(),
+            batches=sum(c.batches for c in costs), cost=Cost.total(costs, time.perf_counter() - begin),
+            stopped=stopped)
 
 
 def upload_model(owner: Any, *, servers: Sequence[str], credential: Union[str, Path], ca: Union[str, Path, None],
