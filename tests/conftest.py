@@ -28,7 +28,7 @@ from torch import nn
 
 from pricure_crypten import ModelOwner
 
-DEPLOYMENT = {"test_deployment", "test_net_attacks", "test_net_consistency", "test_netns"}
+DEPLOYMENT = {"test_deployment", "test_net_attacks", "test_net_consistency", "test_net_label", "test_netns"}
 # tests not marked mpc that start a process (a fresh interpreter, a CLI run, a killed writer): the mpc tier.
 # Found by the check below (a fast test that starts a process fails and names this list).
 SPAWNING_MODULES = {"test_exposure_benchmark", "test_utility_benchmark", "test_readme_tables", "test_teachers_benchmark",

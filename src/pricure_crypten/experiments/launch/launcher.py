@@ -303,10 +303,12 @@ class Deployment:
 
         return RemoteEnsemble(servers=self.urls, credential=self.tokens[client], ca=self.ca, timeout=timeout)
 
-    def status(self, rank: int, client: str, *, total_delta: float = 0.0) -> Any:
-        """``client``'s budget status in server ``rank``'s ledger (read-only), epsilon reported at ``total_delta``."""
+    def status(self, rank: int, client: str, *, total_delta: float = 0.0, accountant: str = "auto") -> Any:
+        """``client``'s budget status in server ``rank``'s ledger (read-only), epsilon reported at ``total_delta``
+        by ``accountant`` (the server's ``--accountant``: e.g. ``rdp-filter`` for answered-only spends)."""
         from ...privacy.accounting import PrivacyLedger
 
         with PrivacyLedger(self.root / f"d{rank}" / "ledger.sqlite3", total_epsilon=math.inf,
-                           total_delta=total_delta, read_only=True, record_policy=False) as ledger:
+                           total_delta=total_delta, accountant=accountant, read_only=True,
+                           record_policy=False) as ledger:
             return ledger.status(client)
