@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "medmnist"
 
@@ -199,3 +201,60 @@ def stub_front_door(tmp_path: Path, *, header_timeout: float):
                                  credentials=types.SimpleNamespace(lookup=lambda token: None))
     front = start_front_door(node)
     return front, node, config.port, ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+
+
+# -- private labelling of a pool (tests/test_label.py, tests/test_net_label.py) --
+
+FEATURES, CLASSES = 4, 3  # the label_owners' input features and classes
+
+
+def label_owners(count: int, seed: int = 0) -> list:
+    """``count`` untrained single-layer owners (FEATURES -> CLASSES), names o0, o1, ..."""
+    return mlp_owners(count, features=FEATURES, classes=CLASSES, hidden=(), seed=seed, names="o{}", reseed=False)
+
+
+def label_pool(rows: int, seed: int = 1) -> np.ndarray:
+    """A (rows, FEATURES) float64 pool of standard normal queries."""
+    return np.random.default_rng(seed).normal(size=(rows, FEATURES))
+
+
+def plain_votes(owners: list, pool: np.ndarray) -> np.ndarray:
+    """The plaintext reference: each owner's torch forward, its argmax, the histogram's argmax (lowest index)."""
+    import torch
+
+    x = torch.from_numpy(pool).float()
+    histogram = np.zeros((pool.shape[0], owners[0].num_classes), dtype=np.int64)
+    for owner in owners:
+        with torch.no_grad():
+            votes = owner.model(x).numpy().argmax(axis=1)
+        histogram[np.arange(pool.shape[0]), votes] += 1
+    return histogram.argmax(axis=1)
+
+
+def agreement_owners() -> list:
+    """K = 5 owners on x in R^2 voting argmax(10 x + b_i): on x = (5, 0) all five vote 0 (top count 5); on
+    x = (0, 0) they vote their bias's argmax, 0, 0, 0, 1, 1 (top count 3)."""
+    import torch
+    from torch import nn
+
+    from pricure_crypten import ModelOwner
+
+    owners = []
+    for i, bias in enumerate([(1, 0), (1, 0), (1, 0), (0, 1), (0, 1)]):
+        layer = nn.Linear(2, 2)
+        with torch.no_grad():
+            layer.weight.copy_(10.0 * torch.eye(2))
+            layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        owners.append(ModelOwner(name=f"a{i}", model=nn.Sequential(layer), input_shape=(2,), num_classes=2))
+    return owners
+
+
+# Threshold 4 between the top counts 5 (agree) and 3 (disagree), sigma_threshold 0.1: each is 10 sigma away, so
+# the outcome is certain in practice (P[error] < 1e-20 per row); sigma 0.5 on a 5-vs-0 histogram: label 0.
+CERTAIN_GNMAX = dict(threshold=4.0, sigma_threshold=0.1, sigma=0.5, delta=1e-5)
+AGREE = np.array([1, 1, 0, 1, 0, 0, 1], dtype=bool)  # agreement_pool's rows with x = (5, 0); the others x = (0, 0)
+
+
+def agreement_pool() -> np.ndarray:
+    """The 7-row pool of agreement_owners: x = (5, 0) where AGREE, else (0, 0)."""
+    return np.where(AGREE[:, None], np.array([[5.0, 0.0]]), np.zeros((1, 2)))

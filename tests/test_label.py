@@ -16,34 +16,21 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from pricure_crypten import (ABSTAIN, NOT_SENT, Aggregation, Batching, Client, ConfidentGNMax, ModelOwner, NoNoise,
+from pricure_crypten import (ABSTAIN, NOT_SENT, Aggregation, Batching, Client, ConfidentGNMax, NoNoise,
                              PrivateEnsemble, calibrate)
 from pricure_crypten.config import Batching as BatchingConfig
 from pricure_crypten.parties.batching import RequestScheduler
 from pricure_crypten.parties.serving.messages import BatchReply
 from pricure_crypten.privacy.accounting import PrivacyLedger
 from pricure_crypten.privacy.accounting.errors import BudgetExceededError
-from tests.helpers import cli_exit_code, mlp_owners
-
-FEATURES, CLASSES = 4, 3
-
-
-def _random_owners(count: int, seed: int = 0) -> list[ModelOwner]:
-    return mlp_owners(count, features=FEATURES, classes=CLASSES, hidden=(), seed=seed, names="o{}", reseed=False)
-
-
-def _plain_votes(owners: list[ModelOwner], pool: np.ndarray) -> np.ndarray:
-    """The plaintext reference: each owner's torch forward, its argmax, the histogram's argmax (lowest index)."""
-    x = torch.from_numpy(pool).float()
-    histogram = np.zeros((pool.shape[0], CLASSES), dtype=np.int64)
-    for owner in owners:
-        with torch.no_grad():
-            votes = owner.model(x).numpy().argmax(axis=1)
-        histogram[np.arange(pool.shape[0]), votes] += 1
-    return histogram.argmax(axis=1)
-
+from tests.helpers import AGREE, CLASSES, FEATURES, cli_exit_code
+from tests.helpers import CERTAIN_GNMAX as GNMAX
+from tests.helpers import agreement_owners as _agreement_owners
+from tests.helpers import agreement_pool as _gnmax_pool
+from tests.helpers import label_owners as _random_owners
+from tests.helpers import label_pool as _pool
+from tests.helpers import plain_votes as _plain_votes
 
 class _Spy:
     """Counts the rows of every MPC batch the servers receive (wraps the ensemble's batch call)."""
@@ -59,10 +46,6 @@ class _Spy:
             return original(shares, **kwargs)
 
         ensemble._scheduler.core._run = run
-
-
-def _pool(rows: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(rows, FEATURES))
 
 
 @pytest.mark.mpc
@@ -187,29 +170,6 @@ def test_answered_only_failure_keeps_the_worst_case_of_the_failed_chunk(tmp_path
     status = ledger.status("hal")
     assert status.reserved_queries == 0
     assert status.spent_epsilon == pytest.approx(reference.status("hal").spent_epsilon)
-
-
-def _agreement_owners() -> list[ModelOwner]:
-    """K = 5 owners on x in R^2 voting argmax(10 x + b_i): on x = (5, 0) all five vote 0 (top count 5); on
-    x = (0, 0) they vote their bias's argmax, 0, 0, 0, 1, 1 (top count 3)."""
-    owners = []
-    for i, bias in enumerate([(1, 0), (1, 0), (1, 0), (0, 1), (0, 1)]):
-        layer = nn.Linear(2, 2)
-        with torch.no_grad():
-            layer.weight.copy_(10.0 * torch.eye(2))
-            layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-        owners.append(ModelOwner(name=f"a{i}", model=nn.Sequential(layer), input_shape=(2,), num_classes=2))
-    return owners
-
-
-# Threshold 4 between the top counts 5 (agree) and 3 (disagree), sigma_threshold 0.1: each is 10 sigma away, so
-# the outcome is certain in practice (P[error] < 1e-20 per row); sigma 0.5 on a 5-vs-0 histogram: label 0.
-GNMAX = dict(threshold=4.0, sigma_threshold=0.1, sigma=0.5, delta=1e-5)
-AGREE = np.array([1, 1, 0, 1, 0, 0, 1], dtype=bool)  # rows with x = (5, 0); the others x = (0, 0)
-
-
-def _gnmax_pool() -> np.ndarray:
-    return np.where(AGREE[:, None], np.array([[5.0, 0.0]]), np.zeros((1, 2)))
 
 
 @pytest.mark.mpc

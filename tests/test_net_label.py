@@ -6,7 +6,7 @@ budgets kept apart by client names, and the library mode (:class:`PrivateEnsembl
 
 * ``plain``: epsilon = inf (no noise), 3 owners, ``--max-batch 4``;
 * ``gnmax``: Confident-GNMax with noise small enough that every outcome is certain in practice (the owners
-  and the pool of ``tests/test_label.py``: threshold 4 between top counts 5 and 3 at sigma_threshold 0.1,
+  and the pool of ``tests/test_label.py``, from ``tests/helpers.py``: threshold 4 between top counts 5 and 3 at sigma_threshold 0.1,
   each 10 sigma away), ``--accountant rdp-filter``, and a per-client budget just above the worst case of
   K_FIT = 5 rows.
 
@@ -28,8 +28,13 @@ from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteBudgetError, RemoteError
 from pricure_crypten.parties.net.wire import encode_array
 from pricure_crypten.privacy.accounting import PrivacyLedger
-from tests.test_label import (AGREE, FEATURES, GNMAX, _agreement_owners, _gnmax_pool, _plain_votes, _pool,
-                              _random_owners)
+from tests.helpers import AGREE, FEATURES
+from tests.helpers import CERTAIN_GNMAX as GNMAX
+from tests.helpers import agreement_owners as _agreement_owners
+from tests.helpers import agreement_pool as _gnmax_pool
+from tests.helpers import label_owners as _random_owners
+from tests.helpers import label_pool as _pool
+from tests.helpers import plain_votes as _plain_votes
 
 pytestmark = pytest.mark.mpc
 
