@@ -80,7 +80,7 @@ def _phase(d: Deployment, x: Any, chunks: list[range], clients: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     import numpy as np
 
-    from benchmarks.deployment import owners as make_owners
+    from benchmarks.networked import owners as make_owners
     from benchmarks.netmodel import Network, estimate_batch_seconds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -289,6 +289,16 @@ class PrivateEnsemble:
         self.start()  # relaunches and reloads after a failure
         return self._servers.request([Predict(query_share=s, outcome_rows=int(outcome_rows)) for s in shares])
 
+    def _serve(self, batch: np.ndarray, client: Client, *, outcome: bool = False) -> Any:
+        """Share the batch for the servers and wait for the serving core's :class:`Delivery` (its charge confirmed)."""
+        shares = client.share_queries(batch, num_servers=self.num_servers)
+        future = self._scheduler.submit(shares, batch.shape[0], client=client.name, outcome=outcome)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted while queued: never computed, never charged
+            raise
+
     def predict(self, queries: torch.Tensor | np.ndarray, *, client: Client | None = None) -> Prediction:
         """Private labels for a batch of queries, revealed to ``client`` only. Thread-safe.
 
@@ -311,13 +321,7 @@ class PrivateEnsemble:
         self._check_open()
         # The serving core reserves the budget when the batch's first rows are packed (BudgetExceededError:
         # nothing computed) and confirms it before the future resolves; a failure rolls it back.
-        shares = client.share_queries(batch, num_servers=self.num_servers)
-        future = self._scheduler.submit(shares, batch.shape[0], client=client.name)
-        try:
-            result = future.result()
-        except BaseException:
-            future.cancel()  # interrupted while queued: never computed, never charged
-            raise
+        result = self._serve(batch, client)
         reveals_before = client.reveals
         labels = client.reveal(result.label_shares)
         cost = Cost.of(result.costs, queries=batch.shape[0], seconds=time.perf_counter() - start,
@@ -441,15 +445,9 @@ class PrivateEnsemble:
         """One chunk of :meth:`label`: reserve (worst case), compute, confirm (the outcome), reveal."""
         start = time.perf_counter()
         rows = batch.shape[0]
-        shares = client.share_queries(batch, num_servers=self.num_servers)
         # reserved (the worst case, answered-only) before any MPC work, confirmed -- from the servers'
-        # revealed outcome bits, never the client's word -- before the future resolves (the serving core)
-        future = self._scheduler.submit(shares, rows, client=client.name, outcome=costs is not None)
-        try:
-            result = future.result()
-        except BaseException:
-            future.cancel()  # interrupted while queued: never computed, never charged
-            raise
+        # revealed outcome bits, never the client's word -- before the result comes back (the serving core)
+        result = self._serve(batch, client, outcome=costs is not None)
         reveals_before = client.reveals
         labels = client.reveal(result.label_shares)
         if result.outcomes is not None and not np.array_equal(labels >= 0, result.outcomes == 1):

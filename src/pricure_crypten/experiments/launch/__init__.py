@@ -2,7 +2,7 @@
 
 * :class:`Deployment` (``launcher.py``): N ``pricure serve`` + ``pricure dealer`` processes,
   credentials, readiness, teardown; used by ``pricure demo --deployment processes``, the
-  benchmarks (``benchmarks.deployment``, ``benchmarks.netns``) and the deployment tests.
+  benchmarks (``benchmarks.networked``, ``benchmarks.netns``) and the deployment tests.
 * :class:`Loopback`, :class:`Namespaces` (``topology.py``): where the parties live.
 * :func:`run_parties` (``functions.py``): a function run inside N CrypTen parties (layer tests).
 """

@@ -59,7 +59,6 @@ which :meth:`RemoteEnsemble.predict` builds the same ``Cost`` as library mode.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -76,10 +75,10 @@ import numpy as np
 
 from ...config import Aggregation, Batching, Cluster, Offline
 from ...privacy.noise import NoNoise
-from ..serving.admission import OK, REFUSE, WAIT, Admission, Decision, Vote, agree
+from ..serving.admission import (OK, REFUSE, WAIT, AgreedAdmission, Decision, Dropped, LedgerAdmission, Refused,
+                                 Vote, agree)
 from ..serving.messages import Load, Precompute, Predict, Refill, ServerSettings
-from ..serving.packing import pack
-from ..serving.pipeline import run_packed
+from ..serving.pipeline import Delivery, ServingCore, Ticket
 from ..serving.results import ServerCost
 from .credentials import CredentialTable
 from .store import ModelStore, RequestLog, choose_versions
@@ -127,6 +126,7 @@ class NodeConfig:
     offline: Offline = field(default_factory=Offline)
     budget_epsilon: float = float("inf")
     budget_delta: float = 0.0
+    budget_accountant: str = "auto"  # the ledger's accountant ("rdp-filter" for answered-only labelling)
     wait: float = 120.0  # bound on waiting for the other parties at the rendezvous
     incomplete_after: float = 10.0  # a request not at every server by then is dropped
     max_upload: int = MAX_BUNDLE_BYTES
@@ -188,6 +188,8 @@ class Pending:
     client: str
     share: np.ndarray
     arrived: float
+    ticket: Optional[Ticket] = None  # the serving core's view of it (set at submit)
+    outcome: Optional[np.ndarray] = None  # answered-only: the outcome bits the servers revealed, served with the share
     status: str = "pending"  # pending | done | failed
     label_share: Optional[np.ndarray] = None
     error: Optional[str] = None
@@ -223,7 +225,9 @@ class Node:
         self.batches = 0
         self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
         self.ledger = self._open_ledger(data / "ledger.sqlite3")
-        self.admission = Admission(self.ledger, config.aggregation.noise)  # this server's own ledger
+        self.mechanism = config.aggregation.noise
+        self.admission = LedgerAdmission(self.ledger, self.mechanism)  # this server's own ledger
+        self._core: Optional[ServingCore] = None  # built when the party has joined the MPC (see step)
         self.offline_figures: list = []  # this server's OfflineReply figures, latest last (public)
         self._loading_marker = data / LOADING_MARKER
         self.died_loading = _read_loading_marker(self._loading_marker)
@@ -235,7 +239,8 @@ class Node:
     def _open_ledger(self, path: Path) -> Any:
         from ...privacy.accounting import PrivacyLedger
 
-        ledger = PrivacyLedger(path, total_epsilon=self.config.budget_epsilon, total_delta=self.config.budget_delta)
+        ledger = PrivacyLedger(path, total_epsilon=self.config.budget_epsilon, total_delta=self.config.budget_delta,
+                               accountant=self.config.budget_accountant)
         # A reservation left by a killed process belongs to a request whose label share this server never
         # released (shares go out only after confirm): give it back, through the ledger's audited operation.
         voided = ledger.void_stale_reservations(
@@ -327,7 +332,14 @@ class Node:
                     "detail": "computed and charged; its result is no longer held by this server"}
         return {"request_id": request_id, "status": "failed", "detail": row[2]}
 
-    def submit(self, client: str, request_id: str, share: np.ndarray) -> None:
+    def submit(self, client: str, request_id: str, share: np.ndarray, *, outcome: bool = False) -> None:
+        """Queue a client's query share (checked here, before any MPC work).
+
+        ``outcome``: answered-only labelling (Confident-GNMax on a ledger with
+        the ``rdp-filter`` accountant): the request runs alone, the servers
+        reveal among themselves each row's answered bit, and each server's
+        ledger charges the argmax step only for answered rows.
+        """
         if not REQUEST_ID.match(request_id):
             raise WireError("request_id must be 32 lowercase hex digits (a fresh random id per request)")
         meta = self.models.meta()
@@ -340,6 +352,8 @@ class Node:
         if share.shape[0] > min(MAX_QUERY_ROWS, self.config.max_rows):
             raise ShapeError(f"at most {min(MAX_QUERY_ROWS, self.config.max_rows)} rows per request, "
                             f"got {share.shape[0]}")
+        if outcome:
+            self._check_answered_only(client)
         c = self.config
         with self.lock:  # the caps and the claim together: concurrent requests cannot overshoot them
             mine = [p for p in self.pending.values() if p.client == client and p.status == "pending"]
@@ -352,7 +366,21 @@ class Node:
                                       f"{share.shape[0]} more exceed the limit {max(c.max_client_rows, c.max_rows)}")
             if not self.log.claim(request_id, client):
                 raise FileExistsError(f"request id {request_id} was already used: a replayed request is refused")
-            self.pending[request_id] = Pending(client, share, time.monotonic())
+            item = Pending(client, share, time.monotonic())
+            item.ticket = Ticket(client=client, shares=[share], outcome=bool(outcome), key=request_id,
+                                 claim=lambda: self._claim(item), vote_checks=lambda: self._vote_checks(item))
+            self.pending[request_id] = item
+
+    def _check_answered_only(self, client: str) -> None:
+        """Refuse (before any MPC work) an answered-only request this server cannot charge that way."""
+        from ...privacy.accounting.outcome import AnsweredOnlyCosts
+
+        try:
+            costs = AnsweredOnlyCosts.of(self.mechanism)  # TypeError unless Confident-GNMax
+            self.ledger.spend_answered_only(client, costs, queries=1)  # ValueError unless rdp-filter; not entered
+        except (TypeError, ValueError) as error:
+            raise WireError(f"answered-only accounting is not available on server {self.config.rank}: {error}") \
+                from None
 
     def result(self, client: str, request_id: str) -> Optional[dict]:
         with self.lock:
@@ -364,6 +392,8 @@ class Node:
                 if item.status == "done":
                     out["label_share"] = encode_array(item.label_share)
                     out["cost"] = item.cost.public()  # this server's public figures, as in library mode
+                    if item.outcome is not None:  # what every server learned (answered-only): the client's to check
+                        out["outcome"] = [int(bit) for bit in item.outcome]
                 return out
         row = self.log.lookup(request_id)
         if row is None or row[0] != client:
@@ -374,7 +404,7 @@ class Node:
     # -- MPC loop side --
 
     def _finish(self, request_id: str, status: str, *, label_share: Any = None, error: Optional[str] = None,
-                cost: Optional[ServerCost] = None) -> None:
+                cost: Optional[ServerCost] = None, outcome: Optional[np.ndarray] = None) -> None:
         with self.lock:
             item = self.pending.get(request_id)
             if item is None:
@@ -385,6 +415,7 @@ class Node:
                          "computed and charged; its label share is discarded")
             item.status, item.label_share, item.error, item.finished = status, label_share, error, time.monotonic()
             item.cost = cost if label_share is not None else None
+            item.outcome = outcome if label_share is not None else None
             item.share = np.empty(0, dtype=np.int64)
         self.log.finish(request_id, status, error)
 
@@ -413,7 +444,8 @@ class Node:
         with self.lock:
             for rid, item in self.pending.items():  # insertion order = arrival order at server 0
                 if item.status == "pending":
-                    queues.setdefault(item.client, []).append((rid, item.client, list(item.share.shape)))
+                    queues.setdefault(item.client, []).append((rid, item.client, list(item.share.shape),
+                                                               item.ticket.outcome))
         ids: list = []  # round robin over clients, each client's requests in arrival order
         for turn in range(max((len(q) for q in queues.values()), default=0)):
             ids.extend(q[turn] for q in queues.values() if turn < len(q))
@@ -421,17 +453,11 @@ class Node:
             return dict(base, op="idle")
         return dict(base, op="predict", ids=ids[:MAX_CANDIDATES], max_rows=self.config.max_rows)
 
-    def _vote_predict(self, ids: list, stack: Optional[contextlib.ExitStack] = None) -> tuple[list[Vote], dict]:
-        """This server's vote on each proposed id; with ``stack``, each ``ok`` also reserves in this server's ledger.
-
-        The reservations (:meth:`Admission.reserve`) are entered on ``stack``:
-        whatever leaves its block with an exception is rolled back.
-        """
-        from ...privacy.accounting.errors import BudgetExceededError
-
-        votes, spends = [], {}
+    def _vote_held(self, ids: list) -> list[Vote]:
+        """Phase 1 (no reservation): this server's vote on each proposed id: held here (``ok``), ``wait`` or ``refuse``."""
+        votes = []
         now = time.monotonic()
-        for rid, client, shape in ids:
+        for rid, client, shape, outcome in ids:
             with self.lock:
                 item = self.pending.get(rid)
             if item is None:
@@ -445,32 +471,76 @@ class Node:
             age = now - item.arrived
             if item.status != "pending":
                 votes.append(Vote(REFUSE, f"server {self.config.rank} already finished this request", age))
-            elif item.client != client or list(item.share.shape) != shape:
-                votes.append(Vote(REFUSE, "the servers received different clients or shapes for this request id", age))
-            elif self.aggregation_ready is False:
-                votes.append(Vote(REFUSE, "no owner models are loaded", age))
-            elif not self._claim_for_vote(item, stack is not None):
-                votes.append(Vote(REFUSE, f"cancelled by the client (server {self.config.rank} had reserved no "
-                                          "budget for it); nothing computed or charged", age))
-            elif stack is None:
-                votes.append(Vote(OK, None, age))
+            elif item.client != client or list(item.share.shape) != shape or item.ticket.outcome != outcome:
+                votes.append(Vote(REFUSE, "the servers received different clients, shapes or accounting modes for "
+                                          "this request id", age))
             else:
-                try:
-                    spends[rid] = stack.enter_context(self.admission.reserve(client, shape[0]))
-                except BudgetExceededError as error:
-                    votes.append(Vote(REFUSE, f"over budget on server {self.config.rank}: {error}", age))
-                    continue
                 votes.append(Vote(OK, None, age))
-        return votes, spends
+        return votes
 
-    def _claim_for_vote(self, item: Pending, reserve: bool) -> bool:
-        """False if the client cancelled the request; else, for the reserving vote, marks it reserved (atomically)."""
+    def _vote_checks(self, item: Pending) -> Optional[str]:
+        """This server's own checks before it reserves for a request (phase 2): a refusal reason, or None."""
+        if item.status != "pending":
+            return f"server {self.config.rank} already finished this request"
+        if self.aggregation_ready is False:
+            return "no owner models are loaded"
+        return None
+
+    def _claim(self, item: Pending) -> Optional[str]:
+        """The core is about to reserve: refuse a cancelled request, else mark it reserved (a cancel comes too late)."""
         with self.lock:
             if item.cancelled:
-                return False
-            if reserve:
-                item.reserved = True
-            return True
+                return (f"cancelled by the client (server {self.config.rank} had reserved no budget for it); "
+                        "nothing computed or charged")
+            item.reserved = True
+            return None
+
+    def _serving_core(self, state: Any, dist: Any, group: Any) -> ServingCore:
+        """The serving core this server runs its share of every batch through (agreement across servers)."""
+        if self._core is None:
+            def gather(mine: Any) -> list:
+                gathered: list = [None] * self.config.servers
+                dist.all_gather_object(gathered, mine, group=group)
+                return gathered
+
+            def run(shares: list[np.ndarray], *, outcome_rows: int = 0) -> list:
+                reply = state.predict(Predict(query_share=shares[0], outcome_rows=outcome_rows))
+                if reply.decodes:
+                    raise RuntimeError(f"server {self.config.rank} decoded {reply.decodes} values (must be 0)")
+                with self.lock:
+                    self.batches += 1
+                    self.totals["rows"] += int(reply.label_share.shape[0])
+                    self.totals["mpc_seconds"] += reply.seconds
+                    self.totals["bytes"] += reply.bytes
+                    self.totals["rounds"] += reply.rounds
+                    self.totals["decodes"] += reply.decodes
+                return [reply]
+
+            self._core = ServingCore(
+                admission=AgreedAdmission(self.admission, gather, rank=self.config.rank,
+                                          incomplete_after=self.config.incomplete_after),
+                run=run, deliver=self._deliver, fail=self._fail, max_rows=self.config.max_rows, merge=True,
+                split=False,  # a networked request is admitted and run in one batch
+                # padding up to a stocked size: this server's share of public zero rows is zero (labels dropped)
+                padded_rows=self.config.offline.padded_rows if self.config.offline.enabled else None,
+                zero_shares=lambda zeros: [zeros])
+        return self._core
+
+    def _deliver(self, ticket: Ticket, delivery: Delivery) -> None:
+        """The core confirmed this server's charge: the label share may now be served."""
+        self._finish(ticket.key, "done", label_share=delivery.label_shares[0], cost=delivery.costs[0],
+                     outcome=delivery.outcomes)
+
+    def _fail(self, ticket: Ticket, error: BaseException) -> None:
+        if isinstance(error, Dropped):
+            self._settle((ticket.key, ticket.client, None), Decision("drop", str(error)))
+        elif isinstance(error, Refused):
+            self._finish(ticket.key, "failed", error=str(error))
+        else:
+            charged = ("its worst case stays charged (the servers may have opened its outcome bits)" if ticket.outcome
+                       else "nothing was charged")
+            self._finish(ticket.key, "failed", error=f"the MPC failed on server {self.config.rank} "
+                                                     f"({type(error).__name__}); nothing was revealed; {charged}")
 
     def step(self, state: Any, comm: Any, dist: Any) -> None:
         """One tick of the agreement protocol (all servers call it in lockstep).
@@ -499,12 +569,10 @@ class Node:
             if self.config.offline.enabled and self.config.offline.refill and self.aggregation_ready:
                 self._stock(state, state.refill(Refill()))
             return
-        # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here;
-        # the others are packed in the proposed (fair) order, skipping any that does not fit the batch.
-        ids = proposal["ids"]
-        have, _ = self._vote_predict(ids)
+        # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here.
+        ids = [tuple(entry) for entry in proposal["ids"]]
         votes: list = [None] * self.config.servers
-        dist.all_gather_object(votes, have, group=group)
+        dist.all_gather_object(votes, self._vote_held(ids), group=group)
         held = []
         for index, entry in enumerate(ids):
             decision = agree([v[index] for v in votes], incomplete_after=self.config.incomplete_after)
@@ -512,24 +580,22 @@ class Node:
                 held.append(entry)
             else:
                 self._settle(entry, decision)
-        chosen = [held[i] for i, _ in pack([e[2][0] for e in held], proposal["max_rows"], split=False)]
-        if not chosen:
-            return
-        # phase 2: the chosen ids, with reservations in every server's own ledger (rolled back on any failure)
-        with contextlib.ExitStack() as stack:
-            mine, spends = self._vote_predict(chosen, stack)
-            try:
-                self._decide_and_run(state, dist, group, chosen, mine, spends)
-            except BaseException:
-                for rid, spend in spends.items():  # reserved in this step, never confirmed: nothing was released
-                    if spend.state == "reserved":
-                        self._finish(rid, "failed", error=f"the MPC failed on server {self.config.rank}; nothing "
-                                                          "was revealed or charged")
-                raise
+        # phase 2: the serving core packs the held ids in the proposed (fair) order, every server reserves in
+        # its own ledger and votes (AgreedAdmission), the agreed ones run as one MPC batch, each charge is
+        # confirmed, then its label share is served. An MPC failure is raised after every ticket is settled.
+        now = time.monotonic()
+        tickets = []
+        with self.lock:
+            for rid, *_ in held:
+                item = self.pending[rid]
+                item.ticket.age = now - item.arrived
+                tickets.append(item.ticket)
+        if tickets:
+            self._serving_core(state, dist, group).step(tickets)
 
     def _settle(self, entry: tuple, decision: Decision) -> None:
         """An id not every server accepted: refused -> failed everywhere; missing too long -> dropped everywhere."""
-        rid, client, _ = entry
+        rid, client = entry[0], entry[1]
         if decision.action == "refuse":
             self._finish(rid, "failed", error=decision.reason)
         elif decision.action == "drop":
@@ -537,41 +603,6 @@ class Node:
                 self.log.claim(rid, client)
             self._finish(rid, "failed", error=decision.reason)
             self.log.finish(rid, "failed", decision.reason)
-
-    def _decide_and_run(self, state: Any, dist: Any, group: Any, ids: list, mine: list, spends: dict) -> None:
-        """Run the ids every server reserved: one MPC batch; confirm each spend, then serve its label share."""
-        votes = [None] * self.config.servers
-        dist.all_gather_object(votes, mine, group=group)
-        run = []
-        for index, entry in enumerate(ids):
-            decision = agree([v[index] for v in votes], incomplete_after=self.config.incomplete_after)
-            if decision.action == "run":
-                run.append((entry[0], entry[2][0]))
-                continue
-            spend = spends.pop(entry[0], None)
-            if spend is not None:
-                spend.cancel()  # refused or incomplete: nothing charged
-            self._settle(entry, decision)
-        if not run:
-            return
-        with self.lock:
-            parts = [[self.pending[rid].share] for rid, _ in run]
-        # Padding up to a stocked size: this server's share of public zero rows is zero (their labels are dropped)
-        (reply,), pieces = run_packed(parts, lambda shares: [state.predict(Predict(query_share=shares[0]))],
-                                      padded_rows=self.config.offline.padded_rows, zero_shares=lambda zeros: [zeros])
-        if reply.decodes:
-            raise RuntimeError(f"server {self.config.rank} decoded {reply.decodes} values (must be 0)")
-        for (rid, _), (label_shares, costs) in zip(run, pieces):
-            spends[rid].confirm()  # committed before the share is served
-            self._finish(rid, "done", label_share=label_shares[0], cost=costs[0])
-        rows = sum(count for _, count in run)
-        with self.lock:
-            self.batches += 1
-            self.totals["rows"] += rows
-            self.totals["mpc_seconds"] += reply.seconds
-            self.totals["bytes"] += reply.bytes
-            self.totals["rounds"] += reply.rounds
-            self.totals["decodes"] += reply.decodes
 
     aggregation_ready: Optional[bool] = False
     open_connections: Any = staticmethod(lambda: None)  # set by the front door

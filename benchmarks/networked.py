@@ -5,7 +5,7 @@ loopback address (127.0.0.2, ...) by the launcher (``pricure_crypten.experiments
 upload through the front door; C concurrent clients (threads, each its own credential) send Q
 queries in batches; the labels are compared with ``PrivateEnsemble`` in process. Prints one JSON object.
 
-    python -m benchmarks.deployment --servers 2 --owners 10 --clients 4 --queries 1000 --batch 25
+    python -m benchmarks.networked --servers 2 --owners 10 --clients 4 --queries 1000 --batch 25
 """
 
 from __future__ import annotations
