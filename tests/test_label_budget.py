@@ -96,6 +96,7 @@ TOKENS = {"t-alice": ("client", "alice"), "t-bob": ("client", "bob"), "t-owner":
 def _door(tmp_path, *, mechanism, accountant="basic", total=3.2, delta=0.0, submit=None):
     from pricure_crypten.parties.net.app import build_app
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite3", total_epsilon=total, total_delta=delta, accountant=accountant)
     node = types.SimpleNamespace(
         config=types.SimpleNamespace(rank=1, body_timeout=10.0), ledger=ledger, mechanism=mechanism,
@@ -147,27 +148,33 @@ def test_budget_endpoint_answered_only_needs_a_filter_and_reports_infinity_as_te
     assert answer.status_code == 200 and answer.json()["total_epsilon"] == "inf" and answer.json()["rows_that_fit"] == 3
 
 
-def test_post_query_passes_the_accounting_flag_and_maps_the_nodes_refusal_to_422(tmp_path):
+def test_post_query_passes_the_accounting_flag_and_refuses_what_this_server_cannot_charge(tmp_path):
     calls = []
 
     def submit(client, request_id, share, **kwargs):
-        if kwargs.get("outcome"):
-            raise ValueError("answered-only accounting needs Confident-GNMax and an 'rdp-filter' ledger on server 1")
         calls.append((client, request_id, share.shape, kwargs))
 
-    door, _ = _door(tmp_path, mechanism=calibrate(epsilon=1.0), submit=submit)
     share = encode_array(np.zeros((2, 3), dtype=np.int64))
     rid = "ab" * 16
-    assert door.post("/v1/queries", json={"request_id": rid, "share": share}, headers=_as("t-alice")).status_code == 202
-    assert door.post("/v1/queries", json={"request_id": rid, "share": share, "accounting": "conservative"},
-                     headers=_as("t-alice")).status_code == 202
+    gnmax = ConfidentGNMax(**GNMAX)
+    basic, _ = _door(tmp_path / "basic", mechanism=gnmax, total=10.0, delta=1e-3, submit=submit)
+    assert basic.post("/v1/queries", json={"request_id": rid, "share": share}, headers=_as("t-alice")).status_code == 202
+    assert basic.post("/v1/queries", json={"request_id": rid, "share": share, "accounting": "conservative"},
+                      headers=_as("t-alice")).status_code == 202
     assert calls == [("alice", rid, (2, 3), {}), ("alice", rid, (2, 3), {})]
-    refused = door.post("/v1/queries", json={"request_id": rid, "share": share, "accounting": "answered-only"},
-                        headers=_as("t-alice"))
-    assert refused.status_code == 422 and "rdp-filter" in refused.json()["detail"]
+    refused = basic.post("/v1/queries", json={"request_id": rid, "share": share, "accounting": "answered-only"},
+                         headers=_as("t-alice"))
+    assert refused.status_code == 422 and "not available on server 1" in refused.json()["detail"]
+    assert "rdp-filter" in refused.json()["detail"] and len(calls) == 2  # never reached the node
     for body in ({"request_id": rid, "share": share, "accounting": "optimistic"},
                  {"request_id": rid, "share": share, "accounting": True},
                  {"request_id": rid, "share": share, "extra": 1}):
-        answer = door.post("/v1/queries", json=body, headers=_as("t-alice"))
+        answer = basic.post("/v1/queries", json=body, headers=_as("t-alice"))
         assert answer.status_code == 400 and answer.json()["detail"], body
     assert len(calls) == 2
+    flt, node = _door(tmp_path / "filter", mechanism=gnmax, accountant="rdp-filter", total=10.0, delta=1e-3,
+                      submit=submit)
+    assert flt.post("/v1/queries", json={"request_id": rid, "share": share, "accounting": "answered-only"},
+                    headers=_as("t-bob")).status_code == 202
+    assert calls[-1] == ("bob", rid, (2, 3), {"outcome": True})
+    assert node.ledger.status("bob").reserved_queries == 0  # the check reserved nothing

@@ -55,7 +55,7 @@ import threading
 import time
 from typing import Any
 
-from ..serving.budget import ACCOUNTING_MODES
+from ..serving.budget import ACCOUNTING_MODES, answered_only_costs
 from .wire import REQUEST_ID, ShapeError, TooManyRequests, WireError, decode_array, loads_json
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -121,6 +121,10 @@ def _read_limited(request: Any, limit: int, timeout: float) -> Any:
         return bytes(body)
 
     return read()
+
+
+class _Unavailable(ValueError):
+    """A well-formed request this server cannot serve as asked (HTTP 422)."""
 
 
 def _http(status: int, detail: str) -> Exception:
@@ -219,7 +223,12 @@ def build_app(node: Any) -> Any:
             if accounting not in ACCOUNTING_MODES:
                 raise WireError(f"accounting must be one of {', '.join(ACCOUNTING_MODES)}, got {accounting!r}")
             share = decode_array(message["share"], name="share")
-            if accounting == "answered-only":  # ValueError (-> 422) if this server cannot charge it so
+            if accounting == "answered-only":
+                try:  # can this server charge it so (Confident-GNMax, an 'rdp-filter' ledger)? Nothing reserved
+                    answered_only_costs(node.ledger, client, node.mechanism)
+                except (TypeError, ValueError) as error:
+                    raise _Unavailable(f"answered-only accounting is not available on server "
+                                       f"{node.config.rank}: {error}") from None
                 node.submit(client, message["request_id"], share, outcome=True)
             else:
                 node.submit(client, message["request_id"], share)
@@ -229,9 +238,11 @@ def build_app(node: Any) -> Any:
             async with query_bodies:  # bounds the memory of bodies in flight; off the event loop to parse
                 body = await _read_limited(request, MAX_JSON_BYTES, body_timeout)
                 request_id = await anyio.to_thread.run_sync(parse_and_submit)
+        except _Unavailable as error:  # well-formed, but this server cannot serve what was asked
+            raise _http(422, str(error)) from None
         except WireError as error:
             raise _http(422 if isinstance(error, ShapeError) else 400, str(error)) from None
-        except (ValueError, TypeError) as error:  # the node cannot serve what was asked (e.g. answered-only)
+        except (ValueError, TypeError) as error:  # the node cannot serve what was asked
             raise _http(422, str(error)) from None
         except LookupError as error:
             raise _http(503, str(error)) from None
