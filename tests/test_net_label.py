@@ -17,6 +17,7 @@ with the design's counts (never a copy of the formula).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -28,7 +29,7 @@ from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteBudgetError, RemoteError
 from pricure_crypten.parties.net.wire import encode_array
 from pricure_crypten.privacy.accounting import PrivacyLedger
-from tests.helpers import AGREE, FEATURES
+from tests.helpers import AGREE, FEATURES, cli_exit_code
 from tests.helpers import CERTAIN_GNMAX as GNMAX
 from tests.helpers import agreement_owners as _agreement_owners
 from tests.helpers import agreement_pool as _gnmax_pool
@@ -108,6 +109,21 @@ def test_networked_labels_equal_the_plaintext_vote_and_the_library_mode_in_as_ma
         assert result.cost.server_decodes == 0 and result.cost.outcome_reveals == 0, name
     assert [after - b for after, b in zip(_batches(deployment), before)] == [3, 3]  # every server ran 3 batches
     assert networked.spent_before == (0.0, 0.0) and networked.spent_after[0] == math.inf  # charged: epsilon inf
+
+
+def test_the_query_command_labels_a_pool_and_writes_the_same_summary_as_pricure_label(plain, tmp_path):
+    deployment, owners = plain
+    pool = _pool(6, seed=2)
+    np.save(tmp_path / "pool.npy", pool)
+    argv = ["query", "--servers", ",".join(deployment.urls), "--token-file", str(deployment.tokens["alice"]),
+            "--ca", str(deployment.ca), "--input", str(tmp_path / "pool.npy"), "--label",
+            "--out", str(tmp_path / "labels.npy"), "--summary", str(tmp_path / "s.json")]
+    assert cli_exit_code(argv) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), _plain_votes(owners, pool))
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["sent"], summary["batches"], summary["refused"], summary["reveals"]) == (6, 2, 0, 2)
+    assert summary["server_decodes"] == 0 and summary["stopped"] == "complete"
+    assert cli_exit_code(argv[:-4]) == 2  # --label needs --out
 
 
 def test_a_budget_for_k_rows_labels_exactly_k_in_both_modes_and_charges_the_same(gnmax):
