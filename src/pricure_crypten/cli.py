@@ -504,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("budget", help="show or reset a client's privacy budget (see 'pricure budget --help')")
     for name, text in (("serve", "run one server with its HTTPS front door"), ("dealer", "run the dealer"),
                        ("admin", "CA, server certificates, credentials"), ("owner", "upload/withdraw a model"),
-                       ("query", "private labels from a deployment"),
+                       ("query", "private labels from a deployment (--label: a pool under a budget)"),
                        ("label", "privately label a pool under a budget, library mode")):
         sub.add_parser(name, help=f"{text} (see 'pricure {name} --help')")
     args = parser.parse_args(argv)

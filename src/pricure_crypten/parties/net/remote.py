@@ -335,7 +335,6 @@ class RemoteEnsemble:
                                                       seconds=time.perf_counter() - start,
                                                       reveals=self.client.reveals - reveals))
 
-
     # -- private labelling of a pool --
 
     def budget(self, rows: int, *, accounting: str = "conservative", budget: Optional[float] = None) -> list[dict]:
