@@ -178,3 +178,66 @@ def test_post_query_passes_the_accounting_flag_and_refuses_what_this_server_cann
                     headers=_as("t-bob")).status_code == 202
     assert calls[-1] == ("bob", rid, (2, 3), {"outcome": True})
     assert node.ledger.status("bob").reserved_queries == 0  # the check reserved nothing
+
+
+# -- the chunk loop both modes share (fake chunks: no MPC) --
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Failed(Exception):
+    pass
+
+
+def _loop(total, chunk, budget_rows, script=()):
+    """label_in_chunks over a budget of ``budget_rows`` rows, spent by every chunk that runs; chunk i's ``run``
+    raises ``script[i]`` (None: it runs, spends its rows and returns labels ``row % 3``)."""
+    from pricure_crypten.parties.serving.labelling import label_in_chunks
+
+    runs, asked, spent = [], [], [0]
+
+    def rows_that_fit(limit):
+        asked.append(limit)
+        return max(0, min(limit, budget_rows - spent[0]))
+
+    def run(start, stop):
+        action = script[len(runs)] if len(runs) < len(script) else None
+        runs.append((start, stop))
+        if action is not None:
+            raise action
+        spent[0] += stop - start
+        return np.arange(start, stop) % 3, ("cost", start, stop)  # the loop only collects the costs
+
+    result = label_in_chunks(total, chunk, first=rows_that_fit(min(chunk, total)), rows_that_fit=rows_that_fit,
+                             run=run, over_budget=(_Refused,), failure=(_Failed,))
+    return result, runs, asked
+
+
+def test_chunk_loop_sends_the_fitting_prefix_and_stops_cleanly_at_the_budget():
+    from pricure_crypten.parties.serving.labelling import NOT_SENT
+
+    (labels, sent, stopped, costs), runs, asked = _loop(10, 4, budget_rows=100)
+    assert runs == [(0, 4), (4, 8), (8, 10)] and (sent, stopped) == (10, "complete") and asked == [4, 4, 2]
+    (labels, sent, stopped, costs), runs, asked = _loop(10, 4, budget_rows=6)
+    assert runs == [(0, 4), (4, 6)] and (sent, stopped) == (6, "budget") and asked == [4, 4, 4]
+    assert costs == [("cost", 0, 4), ("cost", 4, 6)]
+    np.testing.assert_array_equal(labels[:6], np.arange(6) % 3)
+    assert np.all(labels[6:] == NOT_SENT)
+
+
+def test_chunk_loop_resizes_after_a_refusal_and_gives_up_after_three_retries():
+    (labels, sent, stopped, _), runs, asked = _loop(6, 4, budget_rows=100, script=[_Refused(), None])
+    assert runs == [(0, 4), (0, 4), (4, 6)] and (sent, stopped) == (6, "complete") and asked == [4, 4, 2]
+    (labels, sent, stopped, _), runs, _ = _loop(6, 4, budget_rows=100, script=[_Refused()] * 4)
+    assert len(runs) == 4 and (sent, stopped) == (0, "budget") and np.all(labels == -2)
+
+
+def test_chunk_loop_raises_a_first_chunk_failure_and_reports_a_later_one():
+    with pytest.raises(_Failed):
+        _loop(6, 4, budget_rows=100, script=[_Failed("boom")])
+    (labels, sent, stopped, costs), runs, _ = _loop(10, 4, budget_rows=100, script=[None, _Failed("boom")])
+    assert (sent, stopped) == (4, "error: boom") and len(costs) == 1 and runs == [(0, 4), (4, 8)]
+    np.testing.assert_array_equal(labels[:4], np.arange(4) % 3)
+    assert np.all(labels[4:] == -2)
