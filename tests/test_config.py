@@ -8,6 +8,8 @@ was revealed.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -177,10 +179,11 @@ def _serve_argv(tmp_path, *flags: str) -> list[str]:
 
 def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypatch):
     """``pricure serve`` builds the same Aggregation/Cluster/Batching/Offline objects as library mode."""
-    import pricure_crypten.parties.net.node as node
+    import pricure_crypten.parties.net.serve as serve
+    from pricure_crypten.parties.net.config import Budget, load_settings, public_settings
 
     captured = []
-    monkeypatch.setattr(node, "serve", lambda config: captured.append(config) or 0)
+    monkeypatch.setattr(serve, "serve", lambda **config: captured.append(SimpleNamespace(**config)) or 0)
     argv = _serve_argv(tmp_path, "--mechanism", "confident-gnmax", "--threshold", "2.5", "--sigma-threshold", "1",
                        "--sigma", "0.5", "--logit-bound", "8", "--colluding", "1", "--max-batch", "32",
                        "--offline-batch", "8", "--offline-batch", "4", "--offline-depth", "2", "--threads", "2",
@@ -192,12 +195,17 @@ def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypa
     assert (config.aggregation.method, config.aggregation.logit_bound) == ("vote", 8.0)
     assert config.cluster == Cluster(num_servers=3, colluding=1, threads_per_server=2, request_timeout=45.0)
     assert config.batching == Batching(max_rows=32) and config.offline == Offline(batch_sizes=(4, 8), depth=2)
-    assert config.settings.mechanism is noise and config.settings.logit_bound == 8.0
+    settings = load_settings(aggregation=config.aggregation, cluster=config.cluster)
+    assert settings.mechanism is noise and settings.logit_bound == 8.0
     # the defaults: epsilon inf (no noise), the secure provider, no stock
     captured.clear()
     assert cli_exit_code(_serve_argv(tmp_path)) == 0
     assert isinstance(captured[0].aggregation.noise, NoNoise) and captured[0].cluster.provider == "ttp"
-    assert not captured[0].offline.enabled and captured[0].public_settings()["servers"] == 3
+    default = captured[0]
+    assert not default.offline.enabled and public_settings(aggregation=default.aggregation, cluster=default.cluster,
+                                                          batching=default.batching,
+                                                          offline=default.offline)["servers"] == 3
+    assert default.seat.rank == 1 and default.budget == Budget()  # the server's own objects: rank, unlimited budget
     with pytest.warns(InsecureProviderWarning):
         assert cli_exit_code(_serve_argv(tmp_path, "--provider", "insecure-tfp")) == 0
     assert captured[-1].cluster.crypten_provider == "TFP"
@@ -213,9 +221,9 @@ def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypa
 def test_pricure_serve_refuses_bad_parity_flags_with_one_line(tmp_path, monkeypatch, capsys, flags, fragment):
     import warnings
 
-    import pricure_crypten.parties.net.node as node
+    import pricure_crypten.parties.net.serve as serve
 
-    monkeypatch.setattr(node, "serve", lambda config: pytest.fail("started despite bad flags"))
+    monkeypatch.setattr(serve, "serve", lambda **config: pytest.fail("started despite bad flags"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureProviderWarning)
         assert cli_exit_code(_serve_argv(tmp_path, *flags)) == 2
