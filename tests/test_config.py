@@ -229,3 +229,36 @@ def test_pricure_serve_refuses_bad_parity_flags_with_one_line(tmp_path, monkeypa
         assert cli_exit_code(_serve_argv(tmp_path, *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_a_servers_own_config_objects_refuse_bad_settings_naming_them(tmp_path):
+    """FrontDoor, Seat and Budget validate on construction (keyword-only); check_fits checks them together."""
+    from pricure_crypten.parties.net.config import Budget, FrontDoor, Seat, check_fits
+    from pricure_crypten.parties.net.node import Node
+
+    seat = Seat(rank=2, rendezvous="tcp://127.0.0.1:1", data_dir=tmp_path / "d")
+    door = FrontDoor(host="127.0.0.1", port=1)
+    with pytest.raises(TypeError):
+        FrontDoor("127.0.0.1", 1)  # keyword-only
+    for bad, fragment in [(lambda: FrontDoor(host="h", port=70000), "port"),
+                          (lambda: FrontDoor(host="h", port=1, certfile=tmp_path / "c.pem"), "keyfile"),
+                          (lambda: FrontDoor(host="h", port=1, max_client_rows=0), "max_client_rows"),
+                          (lambda: FrontDoor(host="h", port=1, header_timeout=-1.0), "header_timeout"),
+                          (lambda: Seat(rank=-1, rendezvous="tcp://h:1", data_dir=tmp_path), "rank"),
+                          (lambda: Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path, tick=0), "tick"),
+                          (lambda: Budget(epsilon=-1.0), "epsilon"),
+                          (lambda: Budget(delta=1.5), "delta"),
+                          (lambda: Budget(accountant="moments"), "unknown accountant 'moments'")]:
+        with pytest.raises((TypeError, ValueError), match=fragment):
+            bad()
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        check_fits(seat=seat, aggregation=Aggregation(), cluster=Cluster(), batching=Batching(), offline=Offline())
+    with pytest.raises(ValueError, match="no MPC batch that large"):
+        check_fits(seat=Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path), aggregation=Aggregation(),
+                   cluster=Cluster(), batching=Batching(max_rows=8), offline=Offline(batch_sizes=(16,)))
+    with pytest.raises(TypeError, match="cluster must be a pricure_crypten.config.Cluster"):
+        Node(seat=seat, front_door=door, cluster={"num_servers": 3})
+    with pytest.raises(TypeError, match="budget must be"):
+        Node(seat=Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path / "d"), front_door=door, budget=1.0)
+    assert not (tmp_path / "d").exists()  # refused before anything was created
+    assert Budget() == Budget(epsilon=float("inf"), delta=0.0, accountant="auto")

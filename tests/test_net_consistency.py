@@ -19,8 +19,6 @@ so that the label tells exactly which models were used.
 
 from __future__ import annotations
 
-import contextlib
-
 import secrets
 import time
 

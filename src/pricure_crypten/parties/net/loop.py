@@ -90,7 +90,7 @@ class Loop:
         return dict(base, op="predict", ids=ids[:MAX_CANDIDATES], max_rows=self.max_rows)
 
     def vote_held(self, ids: list) -> list[Vote]:
-        """Phase 1 (no reservation): this server's vote on each proposed id: held here (``ok``), ``wait`` or ``refuse``."""
+        """Phase 1 (no reservation): this server's vote on each proposed id: held (``ok``), ``wait`` or ``refuse``."""
         votes = []
         now = time.monotonic()
         for rid, client, shape, outcome in ids:
@@ -157,8 +157,9 @@ class Loop:
         else:
             charged = ("its worst case stays charged (the servers may have opened its outcome bits)" if ticket.outcome
                        else "nothing was charged")
-            self.requests.finish(ticket.key, "failed", error=f"the MPC failed on server {self.rank} "
-                                                             f"({type(error).__name__}); nothing was revealed; {charged}")
+            self.requests.finish(ticket.key, "failed", error=(f"the MPC failed on server {self.rank} "
+                                                              f"({type(error).__name__}); nothing was revealed; "
+                                                              f"{charged}"))
 
     def step(self, state: Any, comm: Any, dist: Any) -> None:
         """One tick of the agreement protocol (all servers call it in lockstep).
