@@ -201,7 +201,9 @@ def build_app(node: Any) -> Any:
     return app
 
 
-class FrontDoor:
+class RunningFrontDoor:
+    """The listening front door (its settings: :class:`~.config.FrontDoor`); ``stop()`` closes it."""
+
     def __init__(self, server: Any, thread: threading.Thread) -> None:
         self.server, self.thread = server, thread
 
@@ -283,7 +285,7 @@ def handshake_bounded_server(handshake_timeout: float) -> type:
     return HandshakeBoundedServer
 
 
-def start_front_door(node: Any) -> FrontDoor:
+def start_front_door(node: Any) -> RunningFrontDoor:
     """uvicorn in a daemon thread; returns once it listens (raises if it cannot bind).
 
     The TLS handshake is bounded by ``front_door.handshake_timeout`` if the
@@ -311,4 +313,4 @@ def start_front_door(node: Any) -> FrontDoor:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the front door could not listen on {c.host}:{c.port}")
         time.sleep(0.02)
-    return FrontDoor(server, thread)
+    return RunningFrontDoor(server, thread)
