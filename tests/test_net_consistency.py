@@ -83,6 +83,7 @@ def test_the_store_keeps_the_version_being_served_as_the_previous_one(tmp_path):
 
 def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never_served(tmp_path):
     from pricure_crypten.parties.net.config import FrontDoor, Seat
+    from pricure_crypten.parties.net.loop import Candidate
     from pricure_crypten.parties.net.node import Node
     from pricure_crypten.parties.serving.admission import AgreedAdmission, Refused
 
@@ -94,7 +95,7 @@ def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never
         node.submit("alice", rid, np.zeros((1, *INPUT), np.int64))
     assert node.cancel("bob", early) is None  # someone else's request: unknown
     assert node.cancel("alice", early)["status"] == "cancelled"
-    entry = [(early, "alice", [1, *INPUT], False), (late, "alice", [1, *INPUT], False)]
+    entry = (Candidate(early, "alice", (1, *INPUT), False), Candidate(late, "alice", (1, *INPUT), False))
     node.loading.aggregation_ready = True
     votes = node.loop.vote_held(entry)  # phase 1, the holding vote: nothing reserved
     assert [v.kind for v in votes] == ["ok", "ok"] and not any(p.reserved for p in node.requests.pending.values())

@@ -361,7 +361,7 @@ def test_a_client_is_capped_in_pending_requests_and_rows_and_packing_is_round_ro
     node.submit("alice", next(rid), np.zeros((2, FEATURES), np.int64))  # another client is not affected
     node.loading.considered = node.loading.loaded = sorted((o, m["upload_id"]) for o, m in node.models.meta().items())
     proposal = node.loop.proposal()
-    assert [c for _, c, _, _ in proposal["ids"]] == ["mallory", "alice", "mallory", "mallory"]
+    assert [c.client for c in proposal.candidates] == ["mallory", "alice", "mallory", "mallory"]
 
 
 def test_the_request_log_forgets_finished_ids_after_its_retention(tmp_path):

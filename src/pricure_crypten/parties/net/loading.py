@@ -99,11 +99,10 @@ class Loading:
 
     # -- the MPC loop's side --
 
-    def proposal(self) -> dict:
-        """Server 0's part of the proposal: what it last decided about the models, and whether a load is due."""
+    def proposal(self) -> tuple[list, list, bool]:
+        """Server 0's part of the proposal: its last load decision (considered, loaded), and whether a load is due."""
         with self.lock:
-            return {"considered": self.considered, "loaded": list(self.loaded),
-                    "load_due": time.monotonic() >= self._next_load_try}
+            return self.considered, list(self.loaded), time.monotonic() >= self._next_load_try
 
     def _check_buildable(self, bundle: Any) -> Optional[str]:
         """None if this owner's network alone builds on this server (local, no communication), else why not."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -48,6 +49,34 @@ from .loading import Loading
 from .requests import Requests
 
 MAX_CANDIDATES = 512  # request ids server 0 proposes per tick (public metadata only)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One request server 0 proposes to consider (public metadata only)."""
+
+    request_id: str
+    client: str
+    shape: tuple[int, ...]
+    outcome: bool  # answered-only accounting
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Server 0's proposal for one tick: its last load decision, whether a load is due, and the candidates."""
+
+    considered: list
+    loaded: list
+    load_due: bool
+    candidates: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What every server contributes to a tick: the uploads it holds per owner; server 0 adds its proposal."""
+
+    holdings: dict
+    proposal: Optional[Proposal] = None
 
 
 class Loop:
@@ -73,27 +102,26 @@ class Loop:
         self.totals = {"rows": 0, "mpc_seconds": 0.0, "bytes": 0, "rounds": 0, "decodes": 0}
         self._core: Optional[ServingCore] = None  # built when the party has joined the MPC (see step)
 
-    def proposal(self) -> dict:
+    def proposal(self) -> Proposal:
         """Server 0's proposal: the requests to consider, and what it last decided about the models."""
-        base = self.loading.proposal()
+        considered, loaded, load_due = self.loading.proposal()
         queues: dict[str, list] = {}
         with self.lock:
             for rid, item in self.requests.pending.items():  # insertion order = arrival order at server 0
                 if item.status == "pending":
-                    queues.setdefault(item.client, []).append((rid, item.client, list(item.share.shape),
-                                                               item.ticket.outcome))
-        ids: list = []  # round robin over clients, each client's requests in arrival order
+                    queues.setdefault(item.client, []).append(Candidate(rid, item.client, tuple(item.share.shape),
+                                                                        item.ticket.outcome))
+        ids: list[Candidate] = []  # round robin over clients, each client's requests in arrival order
         for turn in range(max((len(q) for q in queues.values()), default=0)):
             ids.extend(q[turn] for q in queues.values() if turn < len(q))
-        if not ids:
-            return dict(base, op="idle")
-        return dict(base, op="predict", ids=ids[:MAX_CANDIDATES], max_rows=self.max_rows)
+        return Proposal(considered=considered, loaded=loaded, load_due=load_due,
+                        candidates=tuple(ids[:MAX_CANDIDATES]))
 
-    def vote_held(self, ids: list) -> list[Vote]:
+    def vote_held(self, candidates: tuple[Candidate, ...]) -> list[Vote]:
         """Phase 1 (no reservation): this server's vote on each proposed id: held (``ok``), ``wait`` or ``refuse``."""
         votes = []
         now = time.monotonic()
-        for rid, client, shape, outcome in ids:
+        for rid, client, shape, outcome in ((c.request_id, c.client, c.shape, c.outcome) for c in candidates):
             with self.lock:
                 item = self.requests.pending.get(rid)
             if item is None:
@@ -106,7 +134,7 @@ class Loop:
             age = now - item.arrived
             if item.status != "pending":
                 votes.append(Vote(REFUSE, f"server {self.rank} already finished this request", age))
-            elif item.client != client or list(item.share.shape) != shape or item.ticket.outcome != outcome:
+            elif item.client != client or tuple(item.share.shape) != shape or item.ticket.outcome != outcome:
                 votes.append(Vote(REFUSE, "the servers received different clients, shapes or accounting modes for "
                                           "this request id", age))
             else:
@@ -151,7 +179,7 @@ class Loop:
 
     def _fail(self, ticket: Ticket, error: BaseException) -> None:
         if isinstance(error, Dropped):
-            self.settle((ticket.key, ticket.client, None), Decision("drop", str(error)))
+            self.settle(ticket.key, ticket.client, Decision("drop", str(error)))
         elif isinstance(error, Refused):
             self.requests.finish(ticket.key, "failed", error=str(error))
         else:
@@ -174,47 +202,47 @@ class Loop:
         the same decision.
         """
         group = comm.main_group
-        mine = {"holdings": self.loading.models.holdings(), "proposal": self.proposal() if self.rank == 0 else None}
+        mine = TickReport(holdings=self.loading.models.holdings(),
+                          proposal=self.proposal() if self.rank == 0 else None)
         gathered: list = [None] * self.servers
         dist.all_gather_object(gathered, mine, group=group)
-        proposal = gathered[0]["proposal"]
-        holdings = [g["holdings"] for g in gathered]
-        if holdings != proposal["considered"]:
-            gone = any(any(h.get(o) is None or u not in h[o] for h in holdings) for o, u in proposal["loaded"])
-            if gone or proposal["load_due"]:
-                self.loading.agree_and_load(state, dist, group, holdings, dict(proposal["loaded"]))
+        proposal: Proposal = gathered[0].proposal
+        holdings = [g.holdings for g in gathered]
+        if holdings != proposal.considered:
+            gone = any(any(h.get(o) is None or u not in h[o] for h in holdings) for o, u in proposal.loaded)
+            if gone or proposal.load_due:
+                self.loading.agree_and_load(state, dist, group, holdings, dict(proposal.loaded))
                 return
-        if proposal["op"] == "idle":
+        if not proposal.candidates:
             if self.offline.enabled and self.offline.refill and self.loading.aggregation_ready:
                 self.loading.stock(state, state.refill(Refill()))
             return
         # phase 1 (no reservation): which proposed ids has every server? Refused and stale ones end here.
-        ids = [tuple(entry) for entry in proposal["ids"]]
+        candidates = proposal.candidates
         votes: list = [None] * self.servers
-        dist.all_gather_object(votes, self.vote_held(ids), group=group)
+        dist.all_gather_object(votes, self.vote_held(candidates), group=group)
         held = []
-        for index, entry in enumerate(ids):
+        for index, candidate in enumerate(candidates):
             decision = agree([v[index] for v in votes], incomplete_after=self.incomplete_after)
             if decision.action == "run":
-                held.append(entry)
+                held.append(candidate)
             else:
-                self.settle(entry, decision)
+                self.settle(candidate.request_id, candidate.client, decision)
         # phase 2: the serving core packs the held ids in the proposed (fair) order, every server reserves in
         # its own ledger and votes (AgreedAdmission), the agreed ones run as one MPC batch, each charge is
         # confirmed, then its label share is served. An MPC failure is raised after every ticket is settled.
         now = time.monotonic()
         tickets = []
         with self.lock:
-            for rid, *_ in held:
-                item = self.requests.pending[rid]
+            for candidate in held:
+                item = self.requests.pending[candidate.request_id]
                 item.ticket.age = now - item.arrived
                 tickets.append(item.ticket)
         if tickets:
             self.serving_core(state, dist, group).step(tickets)
 
-    def settle(self, entry: tuple, decision: Decision) -> None:
+    def settle(self, rid: str, client: str, decision: Decision) -> None:
         """An id not every server accepted: refused -> failed everywhere; missing too long -> dropped everywhere."""
-        rid, client = entry[0], entry[1]
         log = self.requests.log
         if decision.action == "refuse":
             self.requests.finish(rid, "failed", error=decision.reason)
