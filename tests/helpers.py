@@ -197,7 +197,7 @@ def stub_front_door(tmp_path: Path, *, header_timeout: float):
     config = types.SimpleNamespace(certfile=tmp_path / "s" / "server.pem", keyfile=tmp_path / "s" / "server.key",
                                    host="127.0.0.1", port=free_port("127.0.0.1"), keep_alive=5.0,
                                    max_connections=8, header_timeout=header_timeout, body_timeout=10.0)
-    node = types.SimpleNamespace(config=config, public_info=lambda details: {"alive": True, "details": details},
+    node = types.SimpleNamespace(front_door=config, public_info=lambda details: {"alive": True, "details": details},
                                  credentials=types.SimpleNamespace(lookup=lambda token: None))
     front = start_front_door(node)
     return front, node, config.port, ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))

@@ -8,6 +8,8 @@ was revealed.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -177,10 +179,11 @@ def _serve_argv(tmp_path, *flags: str) -> list[str]:
 
 def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypatch):
     """``pricure serve`` builds the same Aggregation/Cluster/Batching/Offline objects as library mode."""
-    import pricure_crypten.parties.net.node as node
+    import pricure_crypten.parties.net.serve as serve
+    from pricure_crypten.parties.net.config import Budget, load_settings, public_settings
 
     captured = []
-    monkeypatch.setattr(node, "serve", lambda config: captured.append(config) or 0)
+    monkeypatch.setattr(serve, "serve", lambda **config: captured.append(SimpleNamespace(**config)) or 0)
     argv = _serve_argv(tmp_path, "--mechanism", "confident-gnmax", "--threshold", "2.5", "--sigma-threshold", "1",
                        "--sigma", "0.5", "--logit-bound", "8", "--colluding", "1", "--max-batch", "32",
                        "--offline-batch", "8", "--offline-batch", "4", "--offline-depth", "2", "--threads", "2",
@@ -192,12 +195,17 @@ def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypa
     assert (config.aggregation.method, config.aggregation.logit_bound) == ("vote", 8.0)
     assert config.cluster == Cluster(num_servers=3, colluding=1, threads_per_server=2, request_timeout=45.0)
     assert config.batching == Batching(max_rows=32) and config.offline == Offline(batch_sizes=(4, 8), depth=2)
-    assert config.settings.mechanism is noise and config.settings.logit_bound == 8.0
+    settings = load_settings(aggregation=config.aggregation, cluster=config.cluster)
+    assert settings.mechanism is noise and settings.logit_bound == 8.0
     # the defaults: epsilon inf (no noise), the secure provider, no stock
     captured.clear()
     assert cli_exit_code(_serve_argv(tmp_path)) == 0
     assert isinstance(captured[0].aggregation.noise, NoNoise) and captured[0].cluster.provider == "ttp"
-    assert not captured[0].offline.enabled and captured[0].public_settings()["servers"] == 3
+    default = captured[0]
+    assert not default.offline.enabled and public_settings(aggregation=default.aggregation, cluster=default.cluster,
+                                                          batching=default.batching,
+                                                          offline=default.offline)["servers"] == 3
+    assert default.seat.rank == 1 and default.budget == Budget()  # the server's own objects: rank, unlimited budget
     with pytest.warns(InsecureProviderWarning):
         assert cli_exit_code(_serve_argv(tmp_path, "--provider", "insecure-tfp")) == 0
     assert captured[-1].cluster.crypten_provider == "TFP"
@@ -213,11 +221,44 @@ def test_pricure_serve_flags_become_the_shared_config_objects(tmp_path, monkeypa
 def test_pricure_serve_refuses_bad_parity_flags_with_one_line(tmp_path, monkeypatch, capsys, flags, fragment):
     import warnings
 
-    import pricure_crypten.parties.net.node as node
+    import pricure_crypten.parties.net.serve as serve
 
-    monkeypatch.setattr(node, "serve", lambda config: pytest.fail("started despite bad flags"))
+    monkeypatch.setattr(serve, "serve", lambda **config: pytest.fail("started despite bad flags"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureProviderWarning)
         assert cli_exit_code(_serve_argv(tmp_path, *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_a_servers_own_config_objects_refuse_bad_settings_naming_them(tmp_path):
+    """FrontDoor, Seat and Budget validate on construction (keyword-only); check_fits checks them together."""
+    from pricure_crypten.parties.net.config import Budget, FrontDoor, Seat, check_fits
+    from pricure_crypten.parties.net.node import Node
+
+    seat = Seat(rank=2, rendezvous="tcp://127.0.0.1:1", data_dir=tmp_path / "d")
+    door = FrontDoor(host="127.0.0.1", port=1)
+    with pytest.raises(TypeError):
+        FrontDoor("127.0.0.1", 1)  # keyword-only
+    for bad, fragment in [(lambda: FrontDoor(host="h", port=70000), "port"),
+                          (lambda: FrontDoor(host="h", port=1, certfile=tmp_path / "c.pem"), "keyfile"),
+                          (lambda: FrontDoor(host="h", port=1, max_client_rows=0), "max_client_rows"),
+                          (lambda: FrontDoor(host="h", port=1, header_timeout=-1.0), "header_timeout"),
+                          (lambda: Seat(rank=-1, rendezvous="tcp://h:1", data_dir=tmp_path), "rank"),
+                          (lambda: Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path, tick=0), "tick"),
+                          (lambda: Budget(epsilon=-1.0), "epsilon"),
+                          (lambda: Budget(delta=1.5), "delta"),
+                          (lambda: Budget(accountant="moments"), "unknown accountant 'moments'")]:
+        with pytest.raises((TypeError, ValueError), match=fragment):
+            bad()
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
+        check_fits(seat=seat, aggregation=Aggregation(), cluster=Cluster(), batching=Batching(), offline=Offline())
+    with pytest.raises(ValueError, match="no MPC batch that large"):
+        check_fits(seat=Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path), aggregation=Aggregation(),
+                   cluster=Cluster(), batching=Batching(max_rows=8), offline=Offline(batch_sizes=(16,)))
+    with pytest.raises(TypeError, match="cluster must be a pricure_crypten.config.Cluster"):
+        Node(seat=seat, front_door=door, cluster={"num_servers": 3})
+    with pytest.raises(TypeError, match="budget must be"):
+        Node(seat=Seat(rank=0, rendezvous="tcp://h:1", data_dir=tmp_path / "d"), front_door=door, budget=1.0)
+    assert not (tmp_path / "d").exists()  # refused before anything was created
+    assert Budget() == Budget(epsilon=float("inf"), delta=0.0, accountant="auto")

@@ -215,7 +215,7 @@ def test_the_serving_core_imports_no_transport_and_neither_mode():
     assert _serving_violations(PACKAGE / "parties" / "serving") == []
     # and both modes are built on it
     for user in ("ensemble.py", "parties/batching.py", "parties/server.py", "parties/net/node.py",
-                 "parties/net/remote.py"):
+                 "parties/net/loop.py", "parties/net/requests.py", "parties/net/remote.py"):
         assert any(t.startswith(SERVING) for t, _ in _imports(PACKAGE / user)), user
 
 

@@ -99,7 +99,8 @@ def _door(tmp_path, *, mechanism, accountant="basic", total=3.2, delta=0.0, subm
     tmp_path.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite3", total_epsilon=total, total_delta=delta, accountant=accountant)
     node = types.SimpleNamespace(
-        config=types.SimpleNamespace(rank=1, body_timeout=10.0), ledger=ledger, mechanism=mechanism,
+        seat=types.SimpleNamespace(rank=1), front_door=types.SimpleNamespace(body_timeout=10.0), ledger=ledger,
+        mechanism=mechanism,
         credentials=types.SimpleNamespace(lookup=lambda token: TOKENS.get(token)),
         submit=submit or (lambda *args, **kwargs: None))
     with warnings.catch_warnings():

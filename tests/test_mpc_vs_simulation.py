@@ -105,19 +105,23 @@ def test_a_server_refuses_the_seed_before_anything_else_without_the_environment_
 
 
 def test_seeded_noise_is_unreachable_from_the_cli_and_the_networked_servers():
-    from pricure_crypten.parties.net.node import Node, NodeConfig
+    from pricure_crypten.config import Offline
+    from pricure_crypten.parties.net import config as net_config
+    from pricure_crypten.parties.net.loading import Loading
 
-    # the networked server's load message never carries a seed (pricure serve builds it from NodeConfig,
-    # whose config objects hold none: ExperimentOptions is not among them)
-    fields = dataclasses.fields(NodeConfig)
-    assert not [f.name for f in fields if "seed" in f.name or "experiment" in f.name]
+    # the networked server's load message never carries a seed (pricure serve builds it from its own config
+    # objects and the shared ones, which hold none: ExperimentOptions is not among them)
+    fields = [f for kind in (net_config.FrontDoor, net_config.Seat, net_config.Budget)
+              for f in dataclasses.fields(kind)]
+    assert len(fields) > 10 and not [f.name for f in fields if "seed" in f.name or "experiment" in f.name]
     payloads = []
     recorder = types.SimpleNamespace(load=payloads.append)
-    node = types.SimpleNamespace(config=NodeConfig(rank=0, rendezvous="tcp://h:1", host="h", port=1,
-                                                   data_dir=Path("."), certfile=None, keyfile=None,
-                                                   aggregation=Aggregation(noise=calibrate(epsilon=1.0))),
-                                 lock=threading.Lock(), models=types.SimpleNamespace(meta=lambda: {}))
-    Node._load(node, recorder, [("owner", "arch")], [object()])
+    loading = Loading(seat=net_config.Seat(rank=0, rendezvous="tcp://h:1", data_dir=Path(".")), servers=2,
+                      models=types.SimpleNamespace(meta=lambda: {}),
+                      settings=net_config.load_settings(aggregation=Aggregation(noise=calibrate(epsilon=1.0)),
+                                                        cluster=Cluster()),
+                      offline=Offline(), lock=threading.Lock())
+    loading._load(recorder, [("owner", "arch")], [object()])
     assert len(payloads) == 1 and isinstance(payloads[0], Load)
     assert payloads[0].settings.test_only_noise_seed is None and payloads[0].settings.noise_seed is None
     # and no front door (CLI, networked node, wire format) names it at all

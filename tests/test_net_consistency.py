@@ -19,8 +19,6 @@ so that the label tells exactly which models were used.
 
 from __future__ import annotations
 
-import contextlib
-
 import secrets
 import time
 
@@ -84,28 +82,35 @@ def test_the_store_keeps_the_version_being_served_as_the_previous_one(tmp_path):
 
 
 def test_a_cancel_after_the_reservation_is_reported_and_the_label_share_is_never_served(tmp_path):
-    from pricure_crypten.parties.net.node import Node, NodeConfig
+    from pricure_crypten.parties.net.config import FrontDoor, Seat
+    from pricure_crypten.parties.net.loop import Candidate
+    from pricure_crypten.parties.net.node import Node
+    from pricure_crypten.parties.serving.admission import AgreedAdmission, Refused
 
-    node = Node(NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
-                           data_dir=tmp_path / "d", certfile=None, keyfile=None))
+    node = Node(seat=Seat(rank=0, rendezvous="tcp://127.0.0.1:1", data_dir=tmp_path / "d"),
+                front_door=FrontDoor(host="127.0.0.1", port=1))
     node.models.put("o", A, _bundle(0))
     early, late = secrets.token_hex(16), secrets.token_hex(16)
     for rid in (early, late):
         node.submit("alice", rid, np.zeros((1, *INPUT), np.int64))
     assert node.cancel("bob", early) is None  # someone else's request: unknown
     assert node.cancel("alice", early)["status"] == "cancelled"
-    entry = [(early, "alice", [1, *INPUT]), (late, "alice", [1, *INPUT])]
-    node.aggregation_ready = True
-    votes, _ = node._vote_predict(entry)  # no stack: the holding vote, nothing reserved
-    assert votes[0].kind == "refuse" and "cancelled by the client" in votes[0].reason and votes[1].kind == "ok"
-    assert not node.pending[late].reserved
-    with contextlib.ExitStack() as stack:
-        votes, spends = node._vote_predict(entry[1:], stack)  # server 0 votes ok for 'late': reserved here
-        assert votes[0].kind == "ok" and node.pending[late].reserved and spends[late].state == "reserved"
-        spends[late].cancel()
+    entry = (Candidate(early, "alice", (1, *INPUT), False), Candidate(late, "alice", (1, *INPUT), False))
+    node.loading.aggregation_ready = True
+    votes = node.loop.vote_held(entry)  # phase 1, the holding vote: nothing reserved
+    assert [v.kind for v in votes] == ["ok", "ok"] and not any(p.reserved for p in node.requests.pending.values())
+    # phase 2, as the MPC loop's serving core votes (every server votes as this one): 'early' is refused as
+    # cancelled, server 0 votes ok for 'late' and reserves it here
+    admission = AgreedAdmission(node.admission, lambda mine: [mine, mine], rank=0, incomplete_after=10.0)
+    verdicts = admission.admit([node.requests.pending[early].ticket, node.requests.pending[late].ticket])
+    assert isinstance(verdicts[0].error, Refused) and "cancelled by the client" in str(verdicts[0].error)
+    assert not node.requests.pending[early].reserved
+    assert verdicts[1].error is None and node.requests.pending[late].reserved
+    assert verdicts[1].reservation.state == "reserved"
+    verdicts[1].give_back()
     answer = node.cancel("alice", late)
     assert answer["status"] == "too late" and "may have been computed and charged" in answer["detail"]
-    node._finish(late, "done", label_share=np.ones((1, CLASSES), np.int64))
+    node.requests.finish(late, "done", label_share=np.ones((1, CLASSES), np.int64))
     result = node.result("alice", late)
     assert result["status"] == "failed" and "label_share" not in result and "charged" in result["error"]
 
@@ -139,22 +144,24 @@ def test_an_upload_the_party_died_loading_is_quarantined_after_the_restart_not_r
     """Issue 18, item 1: a stored bundle that kills the process while it loads (not an exception) must not
     crash-loop the server. Before the fix the restarted node tried the same upload again (and died again).
     (The one-owner build check needs an initialised CrypTen; it is a no-op here: these bundles build.)"""
-    from pricure_crypten.parties.net.node import DIED_LOADING, LOADING_MARKER, Node, NodeConfig
+    from pricure_crypten.parties.net.config import FrontDoor, Seat
+    from pricure_crypten.parties.net.loading import DIED_LOADING, LOADING_MARKER, Loading
+    from pricure_crypten.parties.net.node import Node
 
-    monkeypatch.setattr(Node, "_check_buildable", lambda self, bundle: None)
+    monkeypatch.setattr(Loading, "_check_buildable", lambda self, bundle: None)
 
     def node() -> Node:
-        return Node(NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
-                               data_dir=tmp_path / "d", certfile=None, keyfile=None))
+        return Node(seat=Seat(rank=0, rendezvous="tcp://127.0.0.1:1", data_dir=tmp_path / "d"),
+                    front_door=FrontDoor(host="127.0.0.1", port=1))
 
     def load(n: Node, state: _State) -> None:
         holdings = n.models.holdings()
-        n._agree_and_load(state, _OneServerDist, None, [holdings, holdings], dict(n.loaded))
+        n.loading.agree_and_load(state, _OneServerDist, None, [holdings, holdings], dict(n.loading.loaded))
 
     first = node()
     first.models.put("good", A, _bundle(0))
     load(first, state := _State())
-    assert state.loads == [["good"]] and first.loaded == [("good", A)]
+    assert state.loads == [["good"]] and first.loading.loaded == [("good", A)]
     assert not (tmp_path / "d" / LOADING_MARKER).exists()  # loaded and survived: no marker left
     first.models.put("killer", B, _bundle(1))
     with pytest.raises(_Died):
@@ -162,14 +169,14 @@ def test_an_upload_the_party_died_loading_is_quarantined_after_the_restart_not_r
     # the restarted process (same data directory, nothing loaded yet) serves 'good' and quarantines 'killer'
     second = node()
     load(second, state := _State(dies_on="killer"))
-    assert state.loads == [["good"]] and second.loaded == [("good", A)]
-    assert second.quarantined == {"killer": {"upload_id": B, "reason": f"server 0: {DIED_LOADING}"}}
+    assert state.loads == [["good"]] and second.loading.loaded == [("good", A)]
+    assert second.loading.quarantined == {"killer": {"upload_id": B, "reason": f"server 0: {DIED_LOADING}"}}
     assert second.model_status("killer")["reason"].endswith(DIED_LOADING)  # the owner is told why
     assert not (tmp_path / "d" / LOADING_MARKER).exists()
     # a new upload by that owner is a new candidate (the quarantine is per upload), and loads
     second.models.put("killer", "c" * 32, _bundle(1), keep=B)
     load(second, state := _State())
-    assert state.loads[-1] == ["good", "killer"] and "killer" not in second.quarantined
+    assert state.loads[-1] == ["good", "killer"] and "killer" not in second.loading.quarantined
 
 
 # -- live deployment --

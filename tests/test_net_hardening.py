@@ -334,18 +334,18 @@ def test_the_supervisor_restarts_a_party_killed_by_a_signal_and_stops_only_when_
 
 # -- per-client caps and the request log --
 
-def _node(tmp_path, **overrides):
-    from pricure_crypten.parties.net.node import Node, NodeConfig
+def _node(tmp_path, *, batching=None, **overrides):
+    from pricure_crypten.parties.net.config import FrontDoor, Seat
+    from pricure_crypten.parties.net.node import Node
 
-    config = NodeConfig(rank=0, rendezvous="tcp://127.0.0.1:1", host="127.0.0.1", port=1,
-                        data_dir=tmp_path / "d", certfile=None, keyfile=None, **overrides)
-    node = Node(config)
+    node = Node(seat=Seat(rank=0, rendezvous="tcp://127.0.0.1:1", data_dir=tmp_path / "d"),
+                front_door=FrontDoor(host="127.0.0.1", port=1, **overrides), batching=batching)
     node.models.put("o", "a" * 32, _bundle_bytes())
     return node
 
 
 def test_a_client_is_capped_in_pending_requests_and_rows_and_packing_is_round_robin(tmp_path):
-    from pricure_crypten.parties.net.node import TooManyRequests
+    from pricure_crypten.parties.net.wire import TooManyRequests
 
     from pricure_crypten.config import Batching
 
@@ -359,9 +359,9 @@ def test_a_client_is_capped_in_pending_requests_and_rows_and_packing_is_round_ro
     with pytest.raises(TooManyRequests, match="3 pending requests"):
         node.submit("mallory", next(rid), np.zeros((1, FEATURES), np.int64))
     node.submit("alice", next(rid), np.zeros((2, FEATURES), np.int64))  # another client is not affected
-    node.considered = node.loaded = sorted((o, m["upload_id"]) for o, m in node.models.meta().items())
-    proposal = node._proposal()
-    assert [entry[1] for entry in proposal["ids"]] == ["mallory", "alice", "mallory", "mallory"]
+    node.loading.considered = node.loading.loaded = sorted((o, m["upload_id"]) for o, m in node.models.meta().items())
+    proposal = node.loop.proposal()
+    assert [c.client for c in proposal.candidates] == ["mallory", "alice", "mallory", "mallory"]
 
 
 def test_the_request_log_forgets_finished_ids_after_its_retention(tmp_path):

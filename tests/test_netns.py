@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.mpc, pytest.mark.skipif(namespaces_unavailable() is no
 
 # The servers' --wait (rendezvous bound) must be generous: after the cut both supervisors restart their parties,
 # and on a loaded machine a restarted peer can take well over 25 s to reach the rendezvous again. The servers'
-# collectives then time out after max(--timeout, --wait + 5) = 65 s (parties/net/node.py), which bounds how
+# collectives then time out after max(--timeout, --wait + 5) = 65 s (parties/net/serve.py), which bounds how
 # long a cut link holds a reservation. The dealer keeps the launcher's default wait (120 s).
 SERVER_WAIT = 60.0
 CLIENT_TIMEOUT = 120.0  # the RemoteEnsemble's own bound on one prediction (well above COLLECTIVE_TIMEOUT)

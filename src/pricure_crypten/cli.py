@@ -255,36 +255,40 @@ def _deployment_main(command: str, argv: list[str]) -> int:
             if not getattr(args, flag).is_file():
                 parser.error(f"--{flag} {getattr(args, flag)} is not a file (create it with 'pricure admin cert')")
         from .config import Aggregation, Batching, Cluster, Offline
-        from .parties.net.node import NodeConfig, serve
+        from .parties.net.config import Budget, FrontDoor, Seat, check_fits
+        from .parties.net.serve import serve
 
         try:
             aggregation = Aggregation(method=args.aggregation, noise=_noise(parser, args),
                                       logit_bound=args.logit_bound)
             cluster = Cluster(num_servers=args.servers, colluding=args.colluding, provider=args.provider,
                               threads_per_server=args.threads, request_timeout=args.timeout)
-            config = NodeConfig(
-                rank=args.rank, rendezvous=args.rendezvous, host=args.listen[0], port=args.listen[1],
-                data_dir=args.data_dir, certfile=args.cert, keyfile=args.key, aggregation=aggregation,
-                cluster=cluster, batching=Batching(max_rows=args.max_batch),
+            config = dict(
+                seat=Seat(rank=args.rank, rendezvous=args.rendezvous, data_dir=args.data_dir, wait=args.wait,
+                          incomplete_after=args.incomplete_after, log_retention=args.log_retention_days * 86400.0,
+                          argv=("serve", *argv)),
+                front_door=FrontDoor(
+                    host=args.listen[0], port=args.listen[1], certfile=args.cert, keyfile=args.key,
+                    max_upload=int(args.max_upload_mb * 1024 * 1024), max_params=args.max_params,
+                    max_activation=args.max_activation, max_client_requests=args.max_client_requests,
+                    max_client_rows=args.max_client_rows, max_connections=args.max_connections,
+                    header_timeout=args.header_timeout),
+                budget=Budget(epsilon=args.budget_epsilon, delta=args.budget_delta,
+                              accountant=args.accountant),
+                aggregation=aggregation, cluster=cluster, batching=Batching(max_rows=args.max_batch),
                 offline=Offline(batch_sizes=tuple(args.offline_batch), depth=args.offline_depth),
-                budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-                budget_accountant=args.accountant, wait=args.wait, incomplete_after=args.incomplete_after,
-                max_upload=int(args.max_upload_mb * 1024 * 1024), argv=("serve", *argv),
-                max_params=args.max_params, max_activation=args.max_activation,
-                max_client_requests=args.max_client_requests, max_client_rows=args.max_client_rows,
-                max_connections=args.max_connections, header_timeout=args.header_timeout,
-                log_retention=args.log_retention_days * 86400.0,
             )
+            check_fits(**{k: config[k] for k in ("seat", "aggregation", "cluster", "batching", "offline")})
         except (TypeError, ValueError) as error:
             parser.error(str(error))
-        return serve(config)
+        return serve(**config)
     if command == "dealer":
         parser.description = "Run the dealer (CrypTen's TTP) as its own process, until killed."
         parser.add_argument("--servers", type=_at_least(2, "--servers"), required=True)
         parser.add_argument("--rendezvous", type=_rendezvous, required=True)
         parser.add_argument("--wait", type=_seconds("--wait"), default=120.0)
         args = parser.parse_args(argv)
-        from .parties.net.node import run_dealer_node
+        from .parties.net.serve import run_dealer_node
 
         return run_dealer_node(servers=args.servers, rendezvous=args.rendezvous, wait=args.wait,
                                argv=("dealer", *argv))

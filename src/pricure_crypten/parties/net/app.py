@@ -89,7 +89,7 @@ def budget_status(node: Any, client: str, *, rows: str, accounting: str, budget:
     budget = check_budget(budget)
     worst, _ = worst_case(node.ledger, client, node.mechanism, accounting)
     status = node.ledger.status(client)
-    return {"client": client, "rank": node.config.rank, "accounting": accounting,
+    return {"client": client, "rank": node.seat.rank, "accounting": accounting,
             "accountant": node.ledger.accountant, "bound": status.bound,
             "total_epsilon": _number(status.total_epsilon), "total_delta": status.total_delta,
             "spent_epsilon": _number(status.spent_epsilon), "spent_delta": status.spent_delta,
@@ -144,7 +144,7 @@ def build_app(node: Any) -> Any:
     parsing = threading.BoundedSemaphore(MAX_PARSING)
     uploading: set[str] = set()  # owners with an upload in progress (one each)
     query_bodies = asyncio.Semaphore(MAX_QUERY_BODIES)  # bound at first use to uvicorn's loop
-    body_timeout = getattr(node.config, "body_timeout", 120.0)
+    body_timeout = getattr(node.front_door, "body_timeout", 120.0)
 
     def credential(request: Request) -> Any:
         header = request.headers.get("authorization", "")
@@ -228,7 +228,7 @@ def build_app(node: Any) -> Any:
                     answered_only_costs(node.ledger, client, node.mechanism)
                 except (TypeError, ValueError) as error:
                     raise _Unavailable(f"answered-only accounting is not available on server "
-                                       f"{node.config.rank}: {error}") from None
+                                       f"{node.seat.rank}: {error}") from None
                 node.submit(client, message["request_id"], share, outcome=True)
             else:
                 node.submit(client, message["request_id"], share)
@@ -281,7 +281,9 @@ def build_app(node: Any) -> Any:
     return app
 
 
-class FrontDoor:
+class RunningFrontDoor:
+    """The listening front door (its settings: :class:`~.config.FrontDoor`); ``stop()`` closes it."""
+
     def __init__(self, server: Any, thread: threading.Thread) -> None:
         self.server, self.thread = server, thread
 
@@ -363,17 +365,17 @@ def handshake_bounded_server(handshake_timeout: float) -> type:
     return HandshakeBoundedServer
 
 
-def start_front_door(node: Any) -> FrontDoor:
+def start_front_door(node: Any) -> RunningFrontDoor:
     """uvicorn in a daemon thread; returns once it listens (raises if it cannot bind).
 
-    The TLS handshake is bounded by ``config.handshake_timeout`` if the
-    config has one, else by ``header_timeout`` (``--header-timeout``, 10 s):
+    The TLS handshake is bounded by ``front_door.handshake_timeout`` if the
+    front door's settings have one, else by ``header_timeout`` (``--header-timeout``, 10 s):
     a connection gets that long for its handshake, then that long again for
     its first request's headers.
     """
     import uvicorn
 
-    c = node.config
+    c = node.front_door
     handshake_timeout = float(getattr(c, "handshake_timeout", c.header_timeout))
     tls = {"ssl_certfile": str(c.certfile), "ssl_keyfile": str(c.keyfile)} if c.certfile else {}
     config = uvicorn.Config(build_app(node), host=c.host, port=c.port, log_level="warning", access_log=False,
@@ -391,4 +393,4 @@ def start_front_door(node: Any) -> FrontDoor:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the front door could not listen on {c.host}:{c.port}")
         time.sleep(0.02)
-    return FrontDoor(server, thread)
+    return RunningFrontDoor(server, thread)

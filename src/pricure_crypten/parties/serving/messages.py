@@ -3,7 +3,7 @@
 A server party (:class:`~pricure_crypten.parties.server.ServerState`) takes
 one request message at a time and answers with a reply: the in-process
 launcher (:mod:`~pricure_crypten.parties.cluster`) sends them through pipes,
-the networked node (:mod:`~pricure_crypten.parties.net.node`) calls the party
+the networked node (:mod:`~pricure_crypten.parties.net.loop`) calls the party
 directly. Every message is a frozen dataclass; a party dispatches on its type.
 
 Who sees what: requests carry one server's shares (of models or queries) and
