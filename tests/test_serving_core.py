@@ -125,7 +125,7 @@ def test_answered_only_is_charged_from_the_revealed_bits_and_runs_alone(tmp_path
 
 def test_agreed_admission_runs_only_what_every_server_accepted_and_gives_back_the_rest(tmp_path):
     ledger = PrivacyLedger(tmp_path / "l.sqlite3", total_epsilon=10.0, accountant="basic")
-    other_server = [Vote("ok"), Vote(REFUSE, "over budget on server 1"), Vote("ok")]
+    other_server = [Vote("ok"), Vote(REFUSE, "over budget on server 1", budget=True), Vote("ok")]
 
     def gather(mine):
         assert [v.kind for v in mine] == ["ok", "ok", "refuse"]  # this server's own votes
@@ -136,7 +136,9 @@ def test_agreed_admission_runs_only_what_every_server_accepted_and_gives_back_th
     verdicts = admission.admit([_ticket("a", 1, client="a"), _ticket("b", 2, client="b"), cancelled])
     assert verdicts[0].error is None and verdicts[0].reservation.state == "reserved"
     assert isinstance(verdicts[1].error, Refused) and "server 1" in str(verdicts[1].error)
+    assert verdicts[1].error.budget  # machine-readable: the client learns it was its budget
     assert isinstance(verdicts[2].error, Refused) and "cancelled" in str(verdicts[2].error)
+    assert not verdicts[2].error.budget
     assert ledger.status("b").reserved_queries == 0 and ledger.status("b").spent_epsilon == 0  # given back
     assert ledger.status("a").reserved_queries == 1
     verdicts[0].give_back()
@@ -148,3 +150,18 @@ def test_agreed_admission_drops_a_request_missing_on_a_server_for_too_long(tmp_p
                                 rank=0, incomplete_after=5.0)
     (verdict,) = admission.admit([_ticket("late", 1, age=6.0)])
     assert isinstance(verdict.error, Dropped) and "server(s) 1" in str(verdict.error)
+
+
+def test_agreed_admission_marks_a_refusal_for_this_servers_budget(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "l.sqlite3", total_epsilon=0.5, accountant="basic")  # one query of 0.5
+    seen = []
+
+    def gather(mine):
+        seen.extend(mine)
+        return [mine, [Vote("ok")]]
+
+    admission = AgreedAdmission(LedgerAdmission(ledger, LAPLACE), gather, rank=0, incomplete_after=10.0)
+    (verdict,) = admission.admit([_ticket("big", 2, client="dave")])
+    assert seen[0].kind == REFUSE and seen[0].budget and "over budget on server 0" in seen[0].reason
+    assert isinstance(verdict.error, Refused) and verdict.error.budget
+    assert ledger.status("dave").reserved_queries == 0 and ledger.status("dave").spent_epsilon == 0

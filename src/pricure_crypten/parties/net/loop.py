@@ -181,7 +181,7 @@ class Loop:
         if isinstance(error, Dropped):
             self.settle(ticket.key, ticket.client, Decision("drop", str(error)))
         elif isinstance(error, Refused):
-            self.requests.finish(ticket.key, "failed", error=str(error))
+            self.requests.finish(ticket.key, "failed", error=str(error), refused="budget" if error.budget else None)
         else:
             charged = ("its worst case stays charged (the servers may have opened its outcome bits)" if ticket.outcome
                        else "nothing was charged")

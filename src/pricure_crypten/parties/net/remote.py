@@ -39,9 +39,6 @@ class RemoteBudgetError(RemoteError):
     """Refused for the client's budget (some server's own ledger) before any MPC work: nothing was charged."""
 
 
-OVER_BUDGET = "over budget on server"  # how a server's refusal for budget starts (its vote's reason)
-
-
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,200}$")  # what 'pricure admin add' writes (secrets.token_urlsafe)
 INSECURE_HTTP_ENV = "PRICURE_TEST_ONLY_ALLOW_HTTP"
 
@@ -264,7 +261,7 @@ class RemoteEnsemble:
                                           f"{request_id}") from None
                 elif body["status"] != "pending":
                     error = str(body.get("error"))
-                    kind = RemoteBudgetError if OVER_BUDGET in error else RemoteError
+                    kind = RemoteBudgetError if body.get("refused") == "budget" else RemoteError
                     raise kind(f"server {i}: request {request_id} {body['status']}: {error}")
             if len(shares) < self.num_servers:
                 if time.monotonic() > deadline:

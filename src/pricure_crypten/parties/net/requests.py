@@ -57,6 +57,7 @@ class Pending:
     cancelled: bool = False  # the client cancelled it before that: this server refuses it at the next vote
     discard: bool = False  # cancelled too late: the label share is never served
     cost: Optional[ServerCost] = None  # this server's public figures for it, served with the label share
+    refused: Optional[str] = None  # "budget": refused (everywhere) because some server's ledger had no room
 
 
 class Requests:
@@ -141,6 +142,8 @@ class Requests:
                 if item.client != client:
                     return None  # someone else's request: indistinguishable from an unknown id
                 out = {"request_id": request_id, "status": item.status, "error": item.error}
+                if item.refused is not None:  # why it was refused, as a machine-readable kind ("budget")
+                    out["refused"] = item.refused
                 if item.status == "done":
                     out["label_share"] = encode_array(item.label_share)
                     out["cost"] = item.cost.public()  # this server's public figures, as in library mode
@@ -213,7 +216,8 @@ class Requests:
     # -- ending requests (the MPC loop) --
 
     def finish(self, request_id: str, status: str, *, label_share: Any = None, error: Optional[str] = None,
-               cost: Optional[ServerCost] = None, outcome: Optional[np.ndarray] = None) -> None:
+               cost: Optional[ServerCost] = None, outcome: Optional[np.ndarray] = None,
+               refused: Optional[str] = None) -> None:
         """End a request: ``done`` (its charge confirmed: the label share may be served) or ``failed``."""
         with self.lock:
             item = self.pending.get(request_id)
@@ -226,6 +230,7 @@ class Requests:
             item.status, item.label_share, item.error, item.finished = status, label_share, error, time.monotonic()
             item.cost = cost if label_share is not None else None
             item.outcome = outcome if label_share is not None else None
+            item.refused = refused
             item.share = np.empty(0, dtype=np.int64)
         self.log.finish(request_id, status, error)
 

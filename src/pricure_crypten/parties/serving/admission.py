@@ -33,7 +33,14 @@ OK, WAIT, REFUSE = "ok", "wait", "refuse"
 
 
 class Refused(RuntimeError):
-    """A request was refused before any MPC work: nothing was computed, revealed or charged."""
+    """A request was refused before any MPC work: nothing was computed, revealed or charged.
+
+    ``budget`` is True when a refusal was for the client's privacy budget (on some server's ledger).
+    """
+
+    def __init__(self, message: str, *, budget: bool = False) -> None:
+        super().__init__(message)
+        self.budget = budget
 
 
 class Dropped(Refused):
@@ -125,14 +132,17 @@ class Vote:
     kind: str
     reason: Optional[str] = None
     age: float = 0.0
+    budget: bool = False  # a refusal because the client's budget in this server's ledger has no room
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What every server does with one request: ``run``, ``refuse`` (reason), ``drop`` (reason) or ``wait``."""
+    """What every server does with one request: ``run``, ``refuse`` (reason), ``drop`` (reason) or ``wait``;
+    ``budget``: some server refused it for the client's budget."""
 
     action: str
     reason: Optional[str] = None
+    budget: bool = False
 
 
 def agree(votes: Sequence[Vote], *, incomplete_after: float) -> Decision:
@@ -146,7 +156,8 @@ def agree(votes: Sequence[Vote], *, incomplete_after: float) -> Decision:
         return Decision("run")
     refusals = sorted({v.reason for v in votes if v.kind == REFUSE})
     if refusals:
-        return Decision("refuse", "refused: " + "; ".join(refusals))
+        return Decision("refuse", "refused: " + "; ".join(refusals),
+                        budget=any(v.budget for v in votes if v.kind == REFUSE))
     if max(v.age for v in votes) > incomplete_after:
         waiting = ", ".join(str(rank) for rank, v in enumerate(votes) if v.kind == WAIT)
         return Decision("drop", f"the query share did not reach server(s) {waiting} within {incomplete_after:g} s; "
@@ -176,15 +187,19 @@ class AgreedAdmission:
         self.incomplete_after = incomplete_after
 
     def admit(self, tickets: Sequence[Any]) -> list[Verdict]:
+        from ...privacy.accounting.errors import BudgetExceededError
+
         mine: list[Vote] = []
         local: list[Verdict] = []
         for ticket in tickets:
             reason = ticket.vote_checks() or ticket.claim()
             verdict = Verdict(error=Refused(reason)) if reason is not None else self.local.reserve_one(ticket)
+            budget = False
             if verdict.error is not None and reason is None:
                 reason = f"over budget on server {self.rank}: {verdict.error}"
+                budget = isinstance(verdict.error, BudgetExceededError)
             local.append(verdict)
-            mine.append(Vote(REFUSE, reason, ticket.age) if reason is not None else Vote(OK, None, ticket.age))
+            mine.append(Vote(REFUSE, reason, ticket.age, budget) if reason is not None else Vote(OK, None, ticket.age))
         gathered = self.gather(mine)
         out = []
         for index, verdict in enumerate(local):
@@ -194,5 +209,6 @@ class AgreedAdmission:
                 continue
             verdict.give_back()  # reserved here, refused elsewhere: nothing was computed
             kind = Dropped if decision.action == "drop" else Refused
-            out.append(Verdict(error=kind(decision.reason or "not every server has this request yet")))
+            out.append(Verdict(error=kind(decision.reason or "not every server has this request yet",
+                                          budget=decision.budget)))
         return out
