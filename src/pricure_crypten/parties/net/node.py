@@ -792,7 +792,8 @@ def serve(config: NodeConfig) -> int:
     try:
         audit = start_party(rank=config.rank, world_size=config.servers, rendezvous=config.rendezvous,
                             provider=config.cluster.crypten_provider, threads=config.threads,
-                            timeout=max(config.cluster.request_timeout, config.wait + 5.0))
+                            timeout=config.cluster.request_timeout,
+                            join_timeout=max(config.cluster.request_timeout, config.wait + 5.0))
         import torch.distributed as dist
 
         from ...mpc._crypten import crypten
