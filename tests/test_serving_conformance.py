@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -92,9 +93,9 @@ class Mode:
     spent: Callable[[], list[float]]
 
 
-def _library(tmp_path, aggregation: Aggregation, budget: float) -> tuple[Mode, Any]:
+def _library(tmp_path, owners: list[ModelOwner], aggregation: Aggregation, budget: float) -> tuple[Mode, Any]:
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite3", total_epsilon=budget, total_delta=BUDGET_DELTA)
-    ensemble = PrivateEnsemble(_owners(), aggregation=aggregation, batching=Batching(max_rows=8),
+    ensemble = PrivateEnsemble(owners, aggregation=aggregation, batching=Batching(max_rows=8),
                                offline=Offline(batch_sizes=(STOCKED,), depth=2), ledger=ledger).start()
     client = Client("alice")
     mode = Mode("library", lambda x: ensemble.predict(torch.tensor(x), client=client),
@@ -107,14 +108,14 @@ def _library(tmp_path, aggregation: Aggregation, budget: float) -> tuple[Mode, A
     return mode, close
 
 
-def _networked(flags: list[str]) -> tuple[Mode, Any]:
-    deployment = Deployment(servers=2, owners=[o.name for o in _owners()], clients=["alice"],
+def _networked(owners: list[ModelOwner], flags: list[str]) -> tuple[Mode, Any]:
+    deployment = Deployment(servers=2, owners=[o.name for o in owners], clients=["alice"],
                                    serve_flags=["--max-batch", "8", "--offline-batch", str(STOCKED),
                                                 "--offline-depth", "2", "--budget-delta", str(BUDGET_DELTA),
                                                 *flags])
     deployment.__enter__()
     try:
-        for owner in _owners():
+        for owner in owners:
             deployment.upload(owner)
         deployment.wait_ready(3)
         remote = deployment.remote("alice", timeout=300.0)
@@ -137,16 +138,19 @@ def _networked(flags: list[str]) -> tuple[Mode, Any]:
 
 @contextlib.contextmanager
 def _both_modes(tmp_path, aggregation: Aggregation, budget: float, flags: list[str]):
-    """The library mode and the networked mode with the same settings, both closed afterwards."""
-    library, close_library = _library(tmp_path, aggregation, budget)
-    try:
-        networked, close_networked = _networked(flags)
-        try:
-            yield {"library": library, "networked": networked}
-        finally:
-            close_networked()
-    finally:
-        close_library()
+    """The library mode and the networked mode with the same settings, both closed afterwards.
+
+    The deployment starts in a thread while the library ensemble starts here (their processes start side by
+    side); the tests begin once both are up.
+    """
+    owners = _owners()  # built here, once: _owners() seeds torch's global generator (not from two threads)
+    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as stack:
+        starting = pool.submit(_networked, owners, flags)
+        stack.callback(lambda: None if starting.exception() is not None else starting.result()[1]())
+        library, close_library = _library(tmp_path, owners, aggregation, budget)
+        stack.callback(close_library)
+        networked, _ = starting.result()
+        yield {"library": library, "networked": networked}
 
 
 @pytest.fixture(scope="module")

@@ -313,12 +313,17 @@ class ServerState:
 
 
 def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, threads: int,
-                timeout: float) -> DecodeAudit:
+                timeout: float, join_timeout: float | None = None) -> DecodeAudit:
     """Join the MPC as server ``rank`` (both modes: the in-process cluster and ``pricure serve``).
 
     Sets the environment CrypTen reads (RENDEZVOUS explicit), an explicit
-    torch.distributed timeout (it also bounds the wait for the other parties
-    at the rendezvous), installs the decode audit and runs ``crypten.init()``.
+    torch.distributed timeout, installs the decode audit and runs
+    ``crypten.init()``. ``timeout`` bounds each collective (and point-to-point
+    exchange) of the MPC. ``join_timeout`` (default: ``timeout``) bounds the
+    wait for the other parties at the rendezvous (the default process group,
+    complete once every party, the dealer too, has connected); so a generous
+    rendezvous wait does not lengthen how long a dead or cut peer holds a
+    collective.
     """
     join_rendezvous(rank=rank, world_size=world_size, rendezvous=rendezvous)
     import torch
@@ -329,6 +334,8 @@ def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, t
     crypten.cfg.mpc.provider = provider
     crypten.cfg.communicator.verbose = True
     set_distributed_timeout(timeout)
+    if join_timeout is not None:
+        _join_within(join_timeout)
     audit = DecodeAudit()
     audit.install()
     if provider == "TTP":
@@ -337,6 +344,32 @@ def start_party(*, rank: int, world_size: int, rendezvous: str, provider: str, t
         install()  # CrypTen's TTP provider, able to stock tuples dealt ahead of time
     crypten.init()
     return audit
+
+
+def _join_within(seconds: float) -> None:
+    """Let CrypTen's ``init_process_group`` (the rendezvous) wait up to ``seconds`` for the other parties.
+
+    Only the default process group gets this bound: it is where every party
+    (the dealer too) meets, and it is complete only once all have connected.
+    The groups CrypTen then creates and runs every exchange on (``main_group``,
+    ``ttp_group``, ``ttp_comm_group``; all of this project's collectives name
+    their group) keep the collective timeout of :func:`set_distributed_timeout`.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    bound = datetime.timedelta(seconds=seconds)
+    collective = dist.init_process_group
+
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = bound
+        return collective(*args, **kwargs)
+
+    init_process_group.__wrapped__ = collective  # type: ignore[attr-defined]
+    init_process_group._pricure_timeout = bound  # type: ignore[attr-defined]
+    dist.init_process_group = init_process_group
 
 
 def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) -> None:

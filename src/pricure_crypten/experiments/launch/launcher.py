@@ -69,8 +69,8 @@ class Deployment:
         server_flags: per-rank extra flags (a list of N lists), after ``serve_flags``.
         topology: :class:`Loopback` (default) or :class:`Namespaces`.
         wait: ``--wait`` of every party (rendezvous bound, seconds).
-        server_wait: ``--wait`` of the servers if different (it also sets the floor of their
-            collectives' timeout, ``max(--timeout, --wait + 5)``); default ``wait``.
+        server_wait: ``--wait`` of the servers if different (their rendezvous bound; their collectives'
+            timeout is ``--timeout``, a flag of ``serve_flags``); default ``wait``.
         ready_bound: default bound of :meth:`wait_ready` (seconds).
         root: the working directory (certificates, tokens, data dirs, logs); default a fresh
             temporary one, removed on close.

@@ -113,7 +113,8 @@ def serve(*, seat: Seat, front_door: FrontDoor, budget: Optional[Budget] = None,
     try:
         audit = start_party(rank=seat.rank, world_size=servers, rendezvous=seat.rendezvous,
                             provider=cluster.crypten_provider, threads=threads,
-                            timeout=max(cluster.request_timeout, seat.wait + 5.0))
+                            timeout=cluster.request_timeout,
+                            join_timeout=max(cluster.request_timeout, seat.wait + 5.0))
         import torch.distributed as dist
 
         from ...mpc._crypten import crypten
