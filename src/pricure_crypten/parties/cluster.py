@@ -1,8 +1,10 @@
 """The in-process launcher: N CrypTen server processes (and the dealer), their liveness, and routing.
 
-:class:`ServerProcesses` starts the processes with the ``spawn`` start method,
-so it works from a process that has already run torch (a notebook kernel, the
-demo); CrypTen's fork-based ``run_multiprocess`` deadlocks there. It lives in
+:class:`ServerProcesses` starts the processes from a clean interpreter
+(:func:`~.process.party_context`: a forkserver with torch and CrypTen
+preloaded, or ``spawn``), never by forking the caller, so it works from a
+process that has already run torch (a notebook kernel, the demo); CrypTen's
+fork-based ``run_multiprocess`` deadlocks there. It lives in
 the calling process and only routes messages: it hands server ``i`` the
 message meant for server ``i`` (:mod:`~pricure_crypten.parties.serving.messages`) and returns the servers' replies (shares for
 the client, public cost figures) to the caller.
@@ -23,7 +25,6 @@ Who sees what: this object sees only shares and public figures.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
@@ -35,6 +36,7 @@ from typing import Any, Sequence
 
 from ..config import Cluster
 from .dealer import dealer_main
+from .process import party_context
 from .server import ServerConfig, server_main
 from .serving.messages import Message, Shutdown
 
@@ -114,7 +116,8 @@ class ServerProcesses:
         return self
 
     def _launch(self) -> None:
-        ctx = mp.get_context("spawn")
+        ctx = party_context()
+        environment = dict(os.environ)
         self._tmpdir = tempfile.TemporaryDirectory(prefix="pricure-rendezvous-")
         rendezvous = "file://" + os.path.join(self._tmpdir.name, "rendezvous")
         parent = os.getpid()
@@ -128,7 +131,7 @@ class ServerProcesses:
             receive, send = ctx.Pipe(duplex=False)
             config = ServerConfig(rank, self.num_servers, rendezvous, self.config.crypten_provider, self.threads,
                                   self.config.request_timeout, parent)
-            process = ctx.Process(target=server_main, args=(config, inbox, send, self._beats[rank]),
+            process = ctx.Process(target=server_main, args=(config, inbox, send, self._beats[rank], environment),
                                   name=f"pricure-server-{rank}", daemon=True)
             process.start()
             send.close()  # the child holds the write end; EOF then means it is gone
@@ -137,7 +140,7 @@ class ServerProcesses:
             self._replies.append(receive)
         if self.config.needs_dealer:
             self._dealer = ctx.Process(
-                target=dealer_main, args=(self.num_servers, rendezvous, self._beats[-1], parent),
+                target=dealer_main, args=(self.num_servers, rendezvous, self._beats[-1], parent, environment),
                 name="pricure-dealer", daemon=True,
             )
             self._dealer.start()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .process import join_rendezvous, set_distributed_timeout, start_heartbeat
+from .process import adopt_environment, join_rendezvous, set_distributed_timeout, start_heartbeat
 
 # The dealer idles in a receive from server 0 between requests; its own
 # timeout must not end it while nobody asks (server 0's timeout bounds a
@@ -52,7 +52,8 @@ def run_dealer(*, world_size: int, rendezvous: str, timeout: float = DEALER_IDLE
     BulkDealer()  # CrypTen's TTPServer plus bulk requests; serves until the servers shut down
 
 
-def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: int) -> None:
-    """Entry point of the dealer process (spawned; rank ``world_size``)."""
+def dealer_main(world_size: int, rendezvous: str, heartbeat: Any, parent_pid: int, environment: dict) -> None:
+    """Entry point of the dealer process (started by :func:`~.process.party_context`; rank ``world_size``)."""
+    adopt_environment(environment)
     start_heartbeat(heartbeat, parent_pid)
     run_dealer(world_size=world_size, rendezvous=rendezvous)

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .process import join_rendezvous, set_distributed_timeout, start_heartbeat
+from .process import adopt_environment, join_rendezvous, set_distributed_timeout, start_heartbeat
 from .serving.messages import (BatchReply, Info, Load, Message, OfflineReply, Precompute, Predict, Profile, Refill,
                                Shutdown)
 
@@ -372,7 +372,7 @@ def _join_within(seconds: float) -> None:
     dist.init_process_group = init_process_group
 
 
-def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) -> None:
+def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any, environment: dict) -> None:
     """Entry point of a server process (spawned): serve requests in sequence order until 'shutdown'.
 
     ``inbox`` carries ``(sequence number, message)`` from the
@@ -381,6 +381,7 @@ def server_main(config: ServerConfig, inbox: Any, replies: Any, heartbeat: Any) 
     servers agree on); anything else is an error, and after an error the
     server exits (the launcher then tears the cluster down: nothing is revealed).
     """
+    adopt_environment(environment)
     start_heartbeat(heartbeat, config.parent_pid)
     audit = start_party(rank=config.rank, world_size=config.world_size, rendezvous=config.rendezvous,
                         provider=config.provider, threads=config.threads, timeout=config.request_timeout)

@@ -15,13 +15,13 @@ shares of every party included.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import tempfile
 import traceback
 from typing import Any, Callable
 
 from ...parties.dealer import run_dealer
+from ...parties.process import adopt_environment, party_context
 from ...parties.server import start_party
 from .launcher import READY_BOUND
 
@@ -29,7 +29,8 @@ JOIN_BOUND = 300.0  # each party's rendezvous and collective timeout (generous: 
 
 
 def _party(rank: int, world_size: int, rendezvous: str, provider: str, fn: Callable, args: tuple,
-           out: Any) -> None:
+           out: Any, environment: dict) -> None:
+    adopt_environment(environment)
     try:
         start_party(rank=rank, world_size=world_size, rendezvous=rendezvous, provider=provider, threads=1,
                     timeout=JOIN_BOUND)
@@ -42,7 +43,8 @@ def _party(rank: int, world_size: int, rendezvous: str, provider: str, fn: Calla
         out.put((rank, "error", traceback.format_exc()))
 
 
-def _dealer(world_size: int, rendezvous: str) -> None:
+def _dealer(world_size: int, rendezvous: str, environment: dict) -> None:
+    adopt_environment(environment)
     run_dealer(world_size=world_size, rendezvous=rendezvous, timeout=JOIN_BOUND)
 
 
@@ -57,14 +59,15 @@ def run_parties(fn: Callable, *args: Any, num_parties: int = 2, provider: str = 
         raise ValueError(f"num_parties must be a positive integer, got {num_parties!r}")
     if provider not in ("TTP", "TFP"):
         raise ValueError(f"provider must be 'TTP' or 'TFP', got {provider!r}")
-    ctx = mp.get_context("spawn")
+    ctx = party_context()
     with tempfile.TemporaryDirectory(prefix="pricure-rdv-") as folder:
         rendezvous = "file://" + os.path.join(folder, "rendezvous")
         out = ctx.Queue()
-        processes = [ctx.Process(target=_party, args=(rank, num_parties, rendezvous, provider, fn, args, out),
-                                 daemon=True) for rank in range(num_parties)]
+        environment = dict(os.environ)
+        processes = [ctx.Process(target=_party, args=(rank, num_parties, rendezvous, provider, fn, args, out,
+                                                      environment), daemon=True) for rank in range(num_parties)]
         if provider == "TTP":
-            processes.append(ctx.Process(target=_dealer, args=(num_parties, rendezvous), daemon=True))
+            processes.append(ctx.Process(target=_dealer, args=(num_parties, rendezvous, environment), daemon=True))
         for process in processes:
             process.start()
         results: dict[int, Any] = {}
