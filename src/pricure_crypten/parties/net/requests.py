@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..serving.budget import answered_only_costs
 from ..serving.pipeline import Ticket
 from ..serving.results import ServerCost
 from .config import FrontDoor, Seat
@@ -125,11 +126,8 @@ class Requests:
 
     def _check_answered_only(self, client: str) -> None:
         """Refuse (before any MPC work) an answered-only request this server cannot charge that way."""
-        from ...privacy.accounting.outcome import AnsweredOnlyCosts
-
-        try:
-            costs = AnsweredOnlyCosts.of(self.admission.mechanism)  # TypeError unless Confident-GNMax
-            self.admission.ledger.spend_answered_only(client, costs, queries=1)  # ValueError unless rdp-filter
+        try:  # TypeError unless Confident-GNMax, ValueError unless an 'rdp-filter' ledger; nothing reserved
+            answered_only_costs(self.admission.ledger, client, self.admission.mechanism)
         except (TypeError, ValueError) as error:
             raise WireError(f"answered-only accounting is not available on server {self.seat.rank}: {error}") \
                 from None
