@@ -183,11 +183,10 @@ class Loop:
         elif isinstance(error, Refused):
             self.requests.finish(ticket.key, "failed", error=str(error), refused="budget" if error.budget else None)
         else:
-            charged = ("its worst case stays charged (the servers may have opened its outcome bits)" if ticket.outcome
-                       else "nothing was charged")
+            settled = ("nothing was revealed; its worst case stays charged (the servers may have opened its outcome "
+                       "bits)" if ticket.outcome else "nothing was revealed or charged")
             self.requests.finish(ticket.key, "failed", error=(f"the MPC failed on server {self.rank} "
-                                                              f"({type(error).__name__}); nothing was revealed; "
-                                                              f"{charged}"))
+                                                              f"({type(error).__name__}); {settled}"))
 
     def step(self, state: Any, comm: Any, dist: Any) -> None:
         """One tick of the agreement protocol (all servers call it in lockstep).
