@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pricure_crypten  # noqa: F401 - the compatibility layer, before environment() imports crypten
+
 from .env import REPO_ROOT, environment
 
 METHODS = ("forkserver", "spawn")
@@ -47,11 +49,13 @@ def _child(rounds: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4, help="clusters started per method and interpreter")
+    parser.add_argument("--rounds", type=int, default=4, help="clusters started per method and interpreter (>= 2)")
     parser.add_argument("--repeats", type=int, default=2, help="interpreters per method, alternating")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 2 or args.repeats < 1:
+        parser.error("--rounds must be at least 2 (the first includes starting the forkserver) and --repeats >= 1")
     if args.child:
         print(json.dumps(_child(args.rounds)))
         return 0
@@ -69,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "median_later_rounds": {m: sorted(v)[len(v) // 2] for m, v in later.items()},
         "median_first_round": {m: sorted(r[0] for r in runs[m])[len(runs[m]) // 2] for m in METHODS},
-        "environment": environment(["python", "-m", "benchmarks.startup",
-                                     *(argv if argv is not None else sys.argv[1:])]),
+        "environment": environment(list(argv if argv is not None else sys.argv[1:])),
     }
+    result["environment"]["command"] = "python -m benchmarks.startup " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
