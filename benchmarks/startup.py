@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
     later = {m: [s for run in runs[m] for s in run[1:]] for m in METHODS}  # rounds after the first
     result = {
+        "command": "",
         "what": "seconds for start + one 4-row batch + close of a 2-server PrivateEnsemble (3 owners)",
         "runs": runs,
         "median_later_rounds": {m: sorted(v)[len(v) // 2] for m, v in later.items()},
         "median_first_round": {m: sorted(r[0] for r in runs[m])[len(runs[m]) // 2] for m in METHODS},
         "environment": environment(list(argv if argv is not None else sys.argv[1:])),
     }
-    result["environment"]["command"] = "python -m benchmarks.startup " + " ".join(
+    result["command"] = result["environment"]["command"] = "python -m benchmarks.startup " + " ".join(
         argv if argv is not None else sys.argv[1:])
     text = json.dumps(result, indent=2)
     print(text)
