@@ -10,7 +10,7 @@ Tiers, run in this order by one ``pytest`` invocation (fast failures first):
 * ``deployment``: the modules in ``DEPLOYMENT`` (every party its own ``pricure`` process,
   started by :mod:`pricure_crypten.experiments.launch`).
 
-``pytest -m fast`` runs the unit tier alone (about 2 minutes); ``pytest -m "not deployment"``
+``pytest -m fast`` runs the unit tier alone (about 35 s); ``pytest -m "not deployment"``
 leaves out the networked deployments.
 """
 
