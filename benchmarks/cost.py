@@ -22,15 +22,12 @@ shared machine they are noisy.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .env import REPO_ROOT, _git
+from .env import REPO_ROOT, RunStart
 from .measure import attempt
 from .perf import run_configuration
 from .report import write_csv, write_json
@@ -106,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
-    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
-    begin = time.perf_counter()
+    start = RunStart.now()
     rows: list[dict[str, Any]] = []
     for workload, arch, owners, batch, stacked in POINTS:
         row, error = attempt(lambda: run_configuration(arch, owners, batch, stacking=stacked,
@@ -118,16 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "error": error})
         write_csv(rows, args.out / "cost.csv")
         print(f"cost: {workload} K={owners}: {error or 'done'}", flush=True)
-    wall = time.perf_counter() - begin
+    wall = time.perf_counter() - start.clock
     meta = {
         "title": "Cost of one private prediction call",
         "command": "python -m benchmarks.cost" + "".join(f" {a}" for a in argv),
-        "git_commit": commit,  # the code that ran: the checkout when the run started
-        "git_dirty": None if status is None else bool(status),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-                    f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after), one host, loopback; "
-                    f"{wall:.0f} s wall"),
+        **start.checkout(),  # the code that ran: the checkout when the run started
+        **start.stamp(),
         "notes": ("N = 2 servers + dealer, Laplace votes at epsilon 1 per query, batch 8; stacked owners except "
                   "the naive rows (one network per owner, one after the other); "
                   "rounds and bytes are exact counts; seconds are medians of "

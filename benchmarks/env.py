@@ -6,8 +6,11 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +23,35 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a result file records about its run, taken when the run starts: the checkout that ran
+    (commit, uncommitted changes to tracked files) and the machine's load; :meth:`machine` adds the
+    load now and the wall time since."""
+
+    commit: Optional[str]
+    dirty: Optional[bool]
+    load: float
+    clock: float
+
+    @classmethod
+    def now(cls) -> "RunStart":
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        return cls(commit=_git("rev-parse", "HEAD"), dirty=None if status is None else bool(status),
+                   load=os.getloadavg()[0], clock=time.perf_counter())
+
+    def checkout(self) -> dict[str, Any]:
+        return {"git_commit": self.commit, "git_dirty": self.dirty}
+
+    def stamp(self, *, finished: bool = True) -> dict[str, str]:
+        """``date`` (UTC) and ``machine``: cores, the load before and after (or now), the wall seconds."""
+        when, wall = ("after", "s wall") if finished else ("now", "s wall so far")
+        return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
+                            f"{self.load:.1f} before, {os.getloadavg()[0]:.1f} {when}), one host, loopback; "
+                            f"{time.perf_counter() - self.clock:.0f} {wall}")}
 
 
 def environment(argv: Sequence[str]) -> dict[str, Any]:

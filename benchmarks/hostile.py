@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import signal
 import socket
@@ -38,7 +37,6 @@ import sys
 import threading
 import time
 import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,7 +50,7 @@ from pricure_crypten.experiments.launch import Deployment
 from pricure_crypten.parties.net.remote import RemoteError, withdraw_model
 from pricure_crypten.parties.net.wire import bundle_to_bytes, encode_array
 
-from .env import REPO_ROOT, _git
+from .env import REPO_ROOT, RunStart
 from .report import write_csv, write_json
 
 FEATURES, CLASSES = 6, 3
@@ -324,9 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    load_before = os.getloadavg()
-    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
-    begin = time.perf_counter()
+    start = RunStart.now()
     owners = _owners()
     flags = ["--epsilon", "1", "--header-timeout", str(HEADER_TIMEOUT), "--incomplete-after", str(INCOMPLETE),
              "--max-client-requests", str(CLIENT_CAP), "--max-batch", "64", "--wait", "60", "--timeout", "30"]
@@ -341,17 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             bob.stop.set()
             bob.thread.join(timeout=70)
-    wall = time.perf_counter() - begin
+    wall = time.perf_counter() - start.clock
     write_csv(rows, args.out / "hostile.csv")
     write_json({
         "title": "Faults and attacks on a running deployment",
         "command": "python -m benchmarks.hostile" + "".join(f" {a}" for a in argv),
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-                    f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after), one host, loopback; "
-                    f"{wall:.0f} s wall"),
+        **start.checkout(),
+        **start.stamp(),
         "notes": ("2 servers + dealer as separate pricure processes on 127.0.0.x; 3 owners (6-8-3 MLPs); bob "
                   "asks for 2 labels per call in a loop throughout; each row's window runs from the start of "
                   "the attack to its recovery (or end). Recovery: seconds from the start of the fault until bob "

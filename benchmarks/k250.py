@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pricure_crypten import Cluster, calibrate
 from pricure_crypten.experiments.models import build_model, nonlinear_elements, parameter_count
 
-from .env import REPO_ROOT, _git, environment
+from .env import REPO_ROOT, RunStart, environment
 from .measure import attempt
 from .perf import IMAGE, _arch, run_configuration
 from .report import write_csv, write_json
@@ -124,18 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
-    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+    start = RunStart.now()
     env = environment(argv)
     env["command"] = "python -m benchmarks.k250" + "".join(f" {a}" for a in argv)
-    begin = time.perf_counter()
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     if args.append and (args.out / "k250-cost.json").exists():
         earlier = json.loads((args.out / "k250-cost.json").read_text())
         rows, runs = earlier["rows"], earlier["runs"]
-    run = {"command": env["command"], "git_commit": commit, "git_dirty": None if status is None else bool(status),
-           "environment": env}
+    run = {"command": env["command"], **start.checkout(), "environment": env}
     runs.append(run)
     suite = k250_suite(quick=args.quick, seed=args.seed, repeats=args.repeats, archs=args.archs, owners=args.owners,
                        batch=args.batch, servers=args.servers, epsilon=args.epsilon, k1=args.k1)
@@ -157,10 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append({**row, "run": len(runs) - 1})
         write_csv(rows, args.out / "k250-cost.csv")
         print(f"k250: {row['arch']} K={row['owners']} N={row['servers']}: {row['error'] or 'done'}", flush=True)
-        run.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                   machine=(f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-                            f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} now), one host, loopback; "
-                            f"{time.perf_counter() - begin:.0f} s wall so far"))
+        run.update(start.stamp(finished=False))
         meta["rows"] = rows
         write_json(meta, args.out / "k250-cost.json")
     return 0 if all(not r["error"] for r in rows) else 1
