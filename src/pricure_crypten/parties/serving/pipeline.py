@@ -164,10 +164,9 @@ class ServingCore:
             alone={i for i, t in enumerate(queue) if t.outcome})]
         new = [t for t, _ in chosen if t.verdict is None]
         for ticket, verdict in zip(new, self.admission.admit(new) if new else []):
-            if verdict.error is not None:
-                ticket.finished = True
+            if verdict.error is not None:  # refused: nothing reserved, nothing computed
                 ended.append(ticket)
-                self._fail(ticket, verdict.error)
+                self._give_up(ticket, verdict.error, worst_case=False)
             else:
                 ticket.verdict = verdict
         batch = [(t, t.next_row, t.next_row + take) for t, take in chosen if not t.finished]
@@ -187,9 +186,8 @@ class ServingCore:
                                          padded_rows=self._padded_rows, zero_shares=self._zero_shares)
         except BaseException as error:
             for ticket, _, _ in batch:
-                self._settle_failure(ticket, worst_case=ran and ticket.outcome)
                 ended.append(ticket)
-                self._fail(ticket, error)
+                self._give_up(ticket, error, worst_case=ran and ticket.outcome)
             raise
         self.batches_run += 1
         for (ticket, start, stop), (label_shares, costs) in zip(batch, pieces):
@@ -204,9 +202,8 @@ class ServingCore:
                     self._finish(ticket)
             except BaseException as error:  # noqa: BLE001 - this ticket only: the others of the batch are fine
                 if not ticket.finished:
-                    self._settle_failure(ticket, worst_case=ticket.outcome)
                     ended.append(ticket)
-                    self._fail(ticket, error)
+                    self._give_up(ticket, error, worst_case=ticket.outcome)
         return ended
 
     def _finish(self, ticket: Ticket) -> None:
@@ -219,20 +216,20 @@ class ServingCore:
             label_shares=[gather([part[server] for part in ticket.parts]) for server in range(servers)],
             costs=list(ticket.costs), outcomes=outcomes))
 
-    @staticmethod
-    def _settle_failure(ticket: Ticket, *, worst_case: bool) -> None:
-        """Nothing is delivered: roll the reservation back, or keep the worst case if outcome bits may be open."""
+    def _give_up(self, ticket: Ticket, error: BaseException, *, worst_case: bool) -> None:
+        """Nothing is delivered: roll the reservation back (or keep the worst case if outcome bits may be
+        open), then hand ``error`` to the transport."""
         ticket.finished = True
         verdict = ticket.verdict
-        if verdict is None:
-            return
-        try:
-            if worst_case and verdict.reservation is not None and verdict.reservation.state == "reserved":
-                verdict.confirm(answered=ticket.rows)  # both steps for every row: over-count, never under-count
-            else:
-                verdict.give_back()
-        except Exception:  # noqa: BLE001 - the ledger keeps an unsettled reservation counted (over-count)
-            pass
+        if verdict is not None:  # admitted: settle its reservation
+            try:
+                if worst_case and verdict.reservation is not None and verdict.reservation.state == "reserved":
+                    verdict.confirm(answered=ticket.rows)  # both steps for every row: over-count, never under-count
+                else:
+                    verdict.give_back()
+            except Exception:  # noqa: BLE001 - the ledger keeps an unsettled reservation counted (over-count)
+                pass
+        self._fail(ticket, error)
 
 
 def _agreed_outcome(replies: Sequence[BatchReply], rows: int) -> np.ndarray:
